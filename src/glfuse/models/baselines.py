@@ -3,7 +3,7 @@
 Registered names: ``resnet50``, ``vit_base_patch16_224`` (plain torch, see
 :class:`ViTClassifier`), ``efficientnet_b0`` — each ``(num_classes=2, in_chans=3, **kw)``
 returns an ``nn.Module`` whose ``forward`` gives logits ``[B, num_classes]`` and whose ``cam_layers()`` names the module
-to hook for Grad-CAM (``{"features": ...}``; for the ViT the last block's token output ``[B, 1+N, C]``, which
+to hook for Grad-CAM (``{"features": ...}``; for the ViT the last block's normalised input tokens ``[B, 1+N, C]``, which
 :mod:`glfuse.cam` reshapes to a ``[B, C, h, w]`` map).
 
 With the optional ``glfuse[timm]`` extra, ``timm:<name>`` (``timm:convnext_base``, ``timm:swin_base_patch4_window7_224``,
@@ -109,8 +109,10 @@ class ViTClassifier(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def cam_layers(self) -> dict[str, nn.Module]:
-        # Token output [B, 1 + (S/p)^2, C]; glfuse.cam drops the class token and reshapes to [B, C, S/p, S/p].
-        return {"features": self.blocks[-1]}
+        # The last block's pre-attention norm: tokens [B, 1 + (S/p)^2, C] whose patch tokens still reach the class
+        # token through attention (the block's output patch tokens get no gradient); glfuse.cam drops the class token
+        # and reshapes them to [B, C, S/p, S/p].
+        return {"features": self.blocks[-1].norm1}
 
 
 class EfficientNetB0(_Wrapped):
