@@ -442,7 +442,9 @@ class VDPF(nn.Module):
             self.encoder: nn.Module = ViTEncoder(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio)
         else:
             self.encoder = ResNetEncoder(img_size, in_chans, embed_dim)
-        self._encoder_has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.encoder.modules())
+        self._encoder_has_batchnorm = any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.encoder.modules()
+        )
         self.token_grid: tuple[int, int] = self.encoder.grid_size
         self.num_tokens: int = self.encoder.num_tokens  # N per branch
         # Identity taps: hook targets that see only F_G / only F_L (the encoder itself runs once on both; see docstring).
@@ -473,7 +475,7 @@ class VDPF(nn.Module):
         """
         sd = read_state_dict(path)
         if any(k.startswith("encoder.") for k in sd):
-            sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+            sd = {k[len("encoder.") :]: v for k, v in sd.items() if k.startswith("encoder.")}
         if isinstance(self.encoder, ViTEncoder):
             for k in [k for k in sd if k == "cls_token" or k.startswith(("head.", "fc_norm.", "head_drop."))]:
                 del sd[k]
@@ -515,7 +517,9 @@ class VDPF(nn.Module):
         if image.ndim != 4 or image.shape[1] != self.in_chans:
             raise ValueError(f"image must be [B, {self.in_chans}, H, W], got {tuple(image.shape)}")
         if box_mask.ndim != 4 or box_mask.shape[0] != image.shape[0] or box_mask.shape[2:] != image.shape[2:]:
-            raise ValueError(f"box_mask must be [B, 1, H, W] matching image {tuple(image.shape)}, got {tuple(box_mask.shape)}")
+            raise ValueError(
+                f"box_mask must be [B, 1, H, W] matching image {tuple(image.shape)}, got {tuple(box_mask.shape)}"
+            )
         if box_mask.shape[1] not in (1, image.shape[1]):
             raise ValueError(f"box_mask must have 1 or {image.shape[1]} channels, got {box_mask.shape[1]}")
 
