@@ -58,8 +58,17 @@ def is_model(name: str) -> bool:
 
 
 def model_entrypoint(name: str) -> Callable[..., nn.Module]:
-    """The factory registered under ``name``; a clear error lists close matches otherwise."""
+    """The factory registered under ``name``; a clear error lists close matches otherwise.
+
+    ``timm:<name>`` resolves to a timm model (optional ``glfuse[timm]`` extra; never downloads weights).
+    """
     _ensure_models_imported()
+    if name.startswith("timm:"):
+        import functools
+
+        from glfuse.models.baselines import create_timm_model
+
+        return functools.partial(create_timm_model, name[len("timm:"):])
     if name not in _MODELS:
         import difflib
 
