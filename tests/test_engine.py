@@ -148,6 +148,7 @@ class _Cfg:
 
 
 def test_config_overrides_and_errors(tmp_path):
+    assert build_config(_Cfg, None, ["sub.lr=2e-4"]).sub.lr == 2e-4  # YAML 1.1 reads 2e-4 as a string
     c = build_config(_Cfg, None, ["sub.lr=0.5", "train.epochs=3", "sub.sizes=[3, 4]"])
     assert c.sub.lr == 0.5 and c.train.epochs == 3 and c.sub.sizes == (3, 4)
     with pytest.raises(ConfigError, match="'sub.lrr'"):
