@@ -137,9 +137,9 @@ def resnet50(num_classes: int = 2, in_chans: int = 3, **kw: Any) -> nn.Module:
 
 
 @register_model
-def vit_base_patch16_224(num_classes: int = 2, in_chans: int = 3, **kw: Any) -> nn.Module:
-    """ViT-B/16 baseline at 224²; ``img_size``, ``hidden_size``, ``num_layers``, ... may be overridden."""
-    return ViTClassifier(num_classes=num_classes, in_chans=in_chans, **kw)
+def vit_base_patch16_224(num_classes: int = 2, in_chans: int = 3, img_size: int = 224, **kw: Any) -> nn.Module:
+    """ViT-B/16 baseline at 224²; ``img_size``, ``patch_size``, ``hidden_size``, ``num_layers``, ... may be overridden."""
+    return ViTClassifier(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
 
 
 @register_model

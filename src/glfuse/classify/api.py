@@ -1,0 +1,479 @@
+"""2-D classification (HiFuse and baselines): the Python API behind ``glfuse classify``.
+
+* :func:`train` — ``ClassifyConfig`` → run directory (``config.yaml``, ``best/``, ``last/``, logs) through the engine;
+* :func:`evaluate` — saved model + a data split → ``metrics.json``, ``per_class.csv``, ``confusion_matrix.{csv,png}``,
+  ``predictions.csv`` and the paper's table row (Acc, F1, Prec, Recall + params / GFLOPs);
+* :func:`predict` — images or folders → CSV of class probabilities;
+* :func:`cam` — Grad-CAM figures (HiFuse: local / global / fusion branches; CNNs: their ``cam_layers()`` or last conv).
+
+A model folder is ``RUN_DIR/best`` (or ``last``, ``epoch_N``); passing ``RUN_DIR`` itself means ``RUN_DIR/best``.
+Saved models carry ``class_names`` and ``preprocessing`` in ``config.json``, so evaluation and prediction use exactly the
+training-time eval transform. Nothing is overwritten unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glfuse.engine import TrainConfig
+
+__all__ = [
+    "ModelSection",
+    "DataSection",
+    "ClassifyConfig",
+    "ClassificationTask",
+    "build_datasets",
+    "load_classifier",
+    "train",
+    "evaluate",
+    "predict",
+    "cam",
+]
+
+
+# ------------------------------------------------------------------------------------------------------------- config
+@dataclass
+class ModelSection:
+    """``model:`` — a registered name (or ``timm:<name>``) and extra constructor arguments.
+
+    ``num_classes`` comes from the data and ``in_chans`` from ``data.in_chans``; ``img_size`` is passed as
+    ``data.img_size`` to factories that accept it, unless set here.
+    """
+
+    name: str = "hifuse_tiny"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSection:
+    """``data:`` — where the images are and how they are preprocessed.
+
+    ``kind``: ``folder`` (``root/<split>/<class>/<image>``; a split may also be a path), ``csv`` (split = a CSV path,
+    relative to ``root`` if given) or ``splitfiles`` (COVID-CT: ``root/<class image folders>`` +
+    ``split_dir/<class>/<split>*.txt``; split = the split word). Relative ``root`` is resolved against the current
+    directory. ``val``/``test`` may be null.
+    """
+
+    kind: str = "folder"  # folder | csv | splitfiles
+    root: str | None = None
+    train: str = "train"
+    val: str | None = "val"
+    test: str | None = "test"
+    split_dir: str | None = None  # splitfiles: default <root>/Data-split
+    class_dirs: dict[str, str] = field(default_factory=dict)  # splitfiles: {split class: image folder}
+    img_size: int = 224
+    resize_size: int | None = None  # eval resize of the shorter side; default img_size * 256 / 224
+    in_chans: int = 3  # 3 = RGB, 1 = grey
+    mean: list[float] = field(default_factory=lambda: [0.5])
+    std: list[float] = field(default_factory=lambda: [0.5])
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
+    ratio: tuple[float, float] = (0.75, 1.3333333333333333)  # RandomResizedCrop aspect range
+    hflip: float = 0.5
+    skip_bad: bool = False  # leave out unreadable images (with a warning) instead of failing
+
+
+@dataclass
+class ClassifyConfig:
+    """A classification preset: ``model``, ``data``, ``train`` sections."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------------------------------------------- task
+class ClassificationTask:
+    """Engine task: cross-entropy training; ``predict_step`` → ``probs`` [B, K] and ``targets`` [B]; metrics from
+    :func:`glfuse.metrics.classification.classification_metrics` (``acc``, ``f1``, ``precision``, ``recall``,
+    ``specificity``, ``auc``)."""
+
+    def __init__(self, class_names: list[str] | None = None, label_smoothing: float = 0.0) -> None:
+        self.class_names = class_names
+        self.label_smoothing = label_smoothing
+
+    def training_step(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        return F.cross_entropy(model(x).float(), y, label_smoothing=self.label_smoothing)
+
+    def predict_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        x, y = batch[0], batch[1]
+        return {"probs": model(x).float().softmax(1), "targets": y}
+
+    def compute_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+        from glfuse.metrics.classification import SCALAR_KEYS, classification_metrics
+
+        m = classification_metrics(outputs["probs"], outputs["targets"], self.class_names)
+        return {k: (float("nan") if m[k] is None else float(m[k])) for k in SCALAR_KEYS}
+
+
+# --------------------------------------------------------------------------------------------------------------- data
+def _preprocessing(d: DataSection) -> dict[str, Any]:
+    from glfuse.data.transforms import eval_resize_size
+
+    return {"img_size": d.img_size, "resize_size": d.resize_size or eval_resize_size(d.img_size),
+            "in_chans": d.in_chans, "mean": list(d.mean), "std": list(d.std), "interpolation": "bilinear",
+            "normalize_input_range": [0, 1]}
+
+
+def _eval_transform(pre: dict[str, Any]):
+    from glfuse.data.transforms import build_transforms
+
+    return build_transforms(False, pre["img_size"], resize_size=pre["resize_size"], mean=pre["mean"], std=pre["std"])
+
+
+def _check_data(d: DataSection) -> None:
+    if d.kind not in ("folder", "csv", "splitfiles"):
+        raise ValueError(f"config key 'data.kind': expected folder|csv|splitfiles, got {d.kind!r}")
+    if d.in_chans not in (1, 3):
+        raise ValueError(f"config key 'data.in_chans': expected 1 or 3, got {d.in_chans}")
+    if d.kind == "splitfiles" and not d.root:
+        raise ValueError("config key 'data.root': required for data.kind=splitfiles")
+    if d.kind == "folder" and not d.root and not Path(d.train).is_absolute():
+        raise ValueError("config key 'data.root': required for data.kind=folder (or give absolute data.train paths)")
+    if d.img_size <= 0:
+        raise ValueError(f"config key 'data.img_size': must be positive, got {d.img_size}")
+
+
+def _dataset(d: DataSection, split: str, train: bool, class_names: list[str] | None = None):
+    from glfuse.data.images import image_csv, image_folder, split_files
+    from glfuse.data.transforms import build_transforms
+
+    tf = (build_transforms(True, d.img_size, mean=d.mean, std=d.std, scale=d.scale, ratio=d.ratio, hflip=d.hflip)
+          if train else _eval_transform(_preprocessing(d)))
+    root = Path(d.root).expanduser() if d.root else None
+    kw = {"class_names": class_names, "in_chans": d.in_chans, "skip_bad": d.skip_bad}
+    if d.kind == "splitfiles":
+        return split_files(root, split, tf, split_dir=d.split_dir, class_dirs=d.class_dirs or None, **kw)
+    p = Path(split).expanduser()
+    if not p.is_absolute() and root is not None:
+        p = root / p
+    if d.kind == "csv":
+        return image_csv(p, tf, **kw)
+    return image_folder(p, tf, **kw)
+
+
+def build_datasets(cfg: ClassifyConfig, splits: tuple[str, ...] = ("train", "val")) -> dict[str, Any]:
+    """``{split name: ImageDataset}`` for the requested config sections (``train`` uses the train transform; the others
+    the eval transform and the training classes)."""
+    d = cfg.data
+    _check_data(d)
+    out: dict[str, Any] = {}
+    classes = None
+    for name in splits:
+        spec = getattr(d, name)
+        if spec is None:
+            continue
+        ds = _dataset(d, spec, name == "train", classes)
+        classes = classes or ds.class_names
+        out[name] = ds
+    return out
+
+
+def _resolve_paths(cfg: ClassifyConfig) -> None:
+    """Make ``data.root`` absolute (relative to the current directory) so a saved config works from anywhere."""
+    if cfg.data.root:
+        cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
+
+
+# -------------------------------------------------------------------------------------------------------------- model
+def _model_args(cfg: ClassifyConfig, num_classes: int) -> dict[str, Any]:
+    from glfuse.registry import model_entrypoint
+
+    args = dict(cfg.model.args)
+    if "num_classes" in args and args["num_classes"] != num_classes:
+        raise ValueError(f"config key 'model.args.num_classes': {args['num_classes']} but the data has {num_classes} "
+                         "classes (leave it unset)")
+    args["num_classes"] = num_classes
+    args.setdefault("in_chans", cfg.data.in_chans)
+    if "img_size" not in args and not cfg.model.name.startswith("timm:"):
+        try:
+            params = inspect.signature(model_entrypoint(cfg.model.name)).parameters
+        except KeyError as e:
+            raise ValueError(f"config key 'model.name': {e.args[0]}") from e
+        if "img_size" in params and cfg.data.img_size != 224:
+            args["img_size"] = cfg.data.img_size
+    return args
+
+
+def _model_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if (p / "config.json").is_file():
+        return p
+    if (p / "best" / "config.json").is_file():
+        return p / "best"
+    raise FileNotFoundError(f"{p}: not a model folder (no config.json) nor a run folder (no best/config.json)")
+
+
+def load_classifier(model_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any], Path]:
+    """(model in eval mode, its config.json, the model folder) from a model folder or run folder."""
+    from glfuse.checkpoint import load_model
+
+    mdir = _model_dir(model_dir)
+    model, mcfg = load_model(mdir, map_location="cpu")
+    if "class_names" not in mcfg or "preprocessing" not in mcfg:
+        raise ValueError(f"{mdir / 'config.json'}: no class_names/preprocessing (not a glfuse classifier)")
+    return model.to(device), mcfg, mdir
+
+
+def _device(spec: str) -> torch.device:
+    from glfuse.engine import get_device
+
+    return get_device(spec)
+
+
+# -------------------------------------------------------------------------------------------------------------- train
+_RUN_OUTPUTS = ("config.yaml", "log.csv", "log.json", "summary.json")
+
+
+def train(cfg: ClassifyConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.data`` into ``run_dir``; returns the engine summary.
+
+    ``resume=True`` continues the run in ``run_dir`` from its last completed epoch. An existing run is never replaced
+    unless ``overwrite=True`` (which deletes its outputs first).
+    """
+    from glfuse.config import save_config
+    from glfuse.engine import fit, is_main_process
+    from glfuse.registry import create_model
+
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    existing = [run_dir / n for n in _RUN_OUTPUTS if (run_dir / n).exists()]
+    existing += [p for p in run_dir.glob("*") if p.is_dir() and (p.name in ("best", "last") or p.name.startswith("epoch_"))]
+    if existing and not resume:
+        if not overwrite:
+            raise FileExistsError(f"{run_dir} already holds a run ({existing[0].name}); pass --overwrite to replace it "
+                                  "or --resume to continue it")
+        if is_main_process():
+            for p in existing:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    _resolve_paths(cfg)
+    data = build_datasets(cfg, ("train", "val"))
+    train_ds, val_ds = data["train"], data.get("val")
+    classes = train_ds.class_names
+    if len(classes) < 2:
+        raise ValueError(f"training data has {len(classes)} class(es) {classes}; need at least 2")
+    model = create_model(cfg.model.name, **_model_args(cfg, len(classes)))
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    extra = {"class_names": classes, "preprocessing": _preprocessing(cfg.data), "task": "classification",
+             "train_counts": train_ds.class_counts()}
+    return fit(model, ClassificationTask(classes), train_ds, val_ds, cfg.train, run_dir, resume=resume,
+               model_extra=extra)
+
+
+# ----------------------------------------------------------------------------------------------------------- evaluate
+def _run_config(mdir: Path) -> ClassifyConfig | None:
+    from glfuse.config import build_config
+
+    for cand in (mdir / "config.yaml", mdir.parent / "config.yaml"):
+        if cand.is_file():
+            return build_config(ClassifyConfig, str(cand))
+    return None
+
+
+def _eval_dataset(mcfg: dict[str, Any], mdir: Path, data: str | Path | None, split: str, skip_bad: bool):
+    from glfuse.data.images import image_csv, image_folder, split_files
+
+    classes = list(mcfg["class_names"])
+    pre = mcfg["preprocessing"]
+    tf = _eval_transform(pre)
+    kw = {"class_names": classes, "in_chans": pre["in_chans"], "skip_bad": skip_bad}
+    if data is not None:
+        p = Path(data).expanduser()
+        if p.is_file() and p.suffix.lower() == ".csv":
+            return image_csv(p, tf, **kw), f"{p}"
+        if (p / "Data-split").is_dir():
+            return split_files(p, split, tf, **kw), f"{p} [{split}]"
+        if p.is_dir():
+            return image_folder(p, tf, **kw), f"{p}"
+        raise FileNotFoundError(f"{p}: data not found (a folder of class sub-folders, a CSV, or a split-file root)")
+    rcfg = _run_config(mdir)
+    if rcfg is None:
+        raise FileNotFoundError(f"{mdir}: no run config.yaml next to the model; pass --data")
+    spec = getattr(rcfg.data, split, None) if split in ("train", "val", "test") else split
+    if spec is None:
+        raise ValueError(f"the run's config has no data.{split}; pass --data")
+    d = rcfg.data
+    d.skip_bad = skip_bad or d.skip_bad
+    ds = _dataset(d, spec, False, classes)
+    ds.transform = tf
+    return ds, f"{d.root} [{split}]"
+
+
+def evaluate(model_dir: str | Path, out_dir: str | Path, *, data: str | Path | None = None, split: str = "test",
+             batch_size: int = 32, device: str = "auto", skip_bad: bool = False, overwrite: bool = False,
+             flops: bool = True, progress: bool = True, print_row: bool = True) -> dict[str, Any]:
+    """Evaluate a saved classifier and write the report to ``out_dir``.
+
+    Data: ``data`` (a class-folder tree, a ``path,label`` CSV, or a COVID-CT root with ``Data-split`` + ``split``), or
+    by default the run's own ``config.yaml`` section ``data.<split>``. Returns the metrics dict (plus ``params``,
+    ``gflops``, ``table``).
+    """
+    from glfuse.checkpoint import save_json
+    from glfuse.engine import evaluate as run_eval
+    from glfuse.metrics.classification import classification_metrics, format_table_row, save_classification_report
+    from glfuse.profile import count_params, model_summary
+
+    out_dir = Path(out_dir)
+    dev = _device(device)
+    model, mcfg, mdir = load_classifier(model_dir, str(dev))
+    if (out_dir / "metrics.json").exists() and not overwrite:
+        raise FileExistsError(f"{out_dir / 'metrics.json'} exists; pass --overwrite to replace it")
+    ds, where = _eval_dataset(mcfg, mdir, data, split, skip_bad)
+    classes = list(mcfg["class_names"])
+    task = ClassificationTask(classes)
+    _, outputs = run_eval(model, task, ds, batch_size=batch_size, device=dev, progress=progress)
+    metrics = classification_metrics(outputs["probs"], outputs["targets"], classes)
+    params, gflops = count_params(model), None
+    if flops:
+        try:
+            info = model_summary(mcfg["arch"], **mcfg.get("model_args", {}))
+            gflops = info["gflops"]
+        except Exception:  # noqa: BLE001 - FLOPs are informative only (e.g. timm models outside the registry)
+            gflops = None
+    name = mcfg["arch"]
+    table = format_table_row(metrics, name, params, gflops)
+    extra = {"model_dir": str(mdir), "arch": name, "data": where, "split": split, "params": params, "gflops": gflops}
+    save_classification_report(metrics, out_dir, classes, title=f"{name} — {where}", extra=extra, overwrite=overwrite)
+    _write_predictions(out_dir / "predictions.csv", ds.paths, outputs["probs"], classes, outputs["targets"])
+    save_json({"table": table}, out_dir / "table.json")
+    (out_dir / "table.md").write_text(table + "\n")
+    if print_row:
+        print(table)
+    return {**metrics, "params": params, "gflops": gflops, "table": table}
+
+
+def _write_predictions(path: Path, paths: list[Path], probs: torch.Tensor, classes: list[str],
+                       targets: torch.Tensor | None = None) -> None:
+    from glfuse.checkpoint import atomic_write
+
+    pred = probs.argmax(1)
+
+    def w(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            wr = csv.writer(f)
+            head = ["path", "pred", "pred_name"] + [f"prob_{c}" for c in classes]
+            if targets is not None:
+                head[1:1] = ["target"]
+            wr.writerow(head)
+            for i, p in enumerate(paths):
+                row = [str(p), int(pred[i]), classes[int(pred[i])]] + [f"{float(v):.6f}" for v in probs[i]]
+                if targets is not None:
+                    row[1:1] = [int(targets[i])]
+                wr.writerow(row)
+
+    atomic_write(path, w)
+
+
+# ------------------------------------------------------------------------------------------------------------ predict
+def _gather_inputs(inputs: list[str | Path] | str | Path) -> list[Path]:
+    from glfuse.data.images import list_images
+
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    files: list[Path] = []
+    for it in items:
+        p = Path(it).expanduser()
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise ValueError(f"{p}: no images found")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    if not files:
+        raise ValueError("no input images")
+    return files
+
+
+def predict(model_dir: str | Path, inputs: list[str | Path] | str | Path, out_csv: str | Path, *, batch_size: int = 32,
+            device: str = "auto", skip_bad: bool = False, overwrite: bool = False,
+            progress: bool = True) -> list[dict[str, Any]]:
+    """Class probabilities for images (files and/or folders, searched recursively) → ``out_csv``
+    (``path, pred, pred_name, prob_<class>...``). Returns the rows."""
+    from glfuse.data.images import ImageDataset
+    from glfuse.engine import evaluate as run_eval
+
+    out_csv = Path(out_csv)
+    if out_csv.exists() and not overwrite:
+        raise FileExistsError(f"{out_csv} exists; pass --overwrite to replace it")
+    dev = _device(device)
+    model, mcfg, _ = load_classifier(model_dir, str(dev))
+    classes = list(mcfg["class_names"])
+    pre = mcfg["preprocessing"]
+    files = _gather_inputs(inputs)
+    ds = ImageDataset([(p, -1) for p in files], classes, _eval_transform(pre), in_chans=pre["in_chans"],
+                      skip_bad=skip_bad)
+
+    class _NoMetrics(ClassificationTask):
+        def compute_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+            return {}
+
+    _, outputs = run_eval(model, _NoMetrics(classes), ds, batch_size=batch_size, device=dev, progress=progress,
+                          description="predict")
+    probs = outputs["probs"]
+    _write_predictions(out_csv, ds.paths, probs, classes)
+    pred = probs.argmax(1)
+    return [{"path": str(p), "pred": int(pred[i]), "pred_name": classes[int(pred[i])],
+             **{f"prob_{c}": float(probs[i, k]) for k, c in enumerate(classes)}} for i, p in enumerate(ds.paths)]
+
+
+# ---------------------------------------------------------------------------------------------------------------- cam
+def cam(model_dir: str | Path, inputs: list[str | Path] | str | Path, out_dir: str | Path, *,
+        layers: list[str] | None = None, target: int | str | None = None, device: str = "auto",
+        overwrite: bool = False) -> list[Path]:
+    """Grad-CAM figures ``out_dir/<image stem>_cam.png`` (input | one overlay per layer) for each image.
+
+    ``layers``: names among the model's ``cam_layers()`` (HiFuse: ``local``, ``global``, ``fusion``); default all (or the
+    last Conv2d for models without ``cam_layers``). ``target``: class index or name (default: the predicted class).
+    """
+    from glfuse.cam import default_cam_layers, grad_cam, save_cam_figure
+    from glfuse.data.images import load_image
+
+    out_dir = Path(out_dir)
+    dev = _device(device)
+    model, mcfg, _ = load_classifier(model_dir, str(dev))
+    classes = list(mcfg["class_names"])
+    pre = mcfg["preprocessing"]
+    available = default_cam_layers(model)
+    if layers:
+        unknown = [n for n in layers if n not in available]
+        if unknown:
+            raise ValueError(f"unknown CAM layer(s) {unknown}; this model has: {', '.join(available)}")
+        available = {n: available[n] for n in layers}
+    if isinstance(target, str):
+        if target not in classes:
+            raise ValueError(f"--target {target!r} is not a class: {classes}")
+        target = classes.index(target)
+    files = _gather_inputs(inputs)
+    outs = [out_dir / f"{p.stem}_cam.png" for p in files]
+    dup = {o for o in outs if outs.count(o) > 1}
+    if dup:
+        outs = [out_dir / f"{i:04d}_{p.stem}_cam.png" for i, p in enumerate(files)]
+    existing = [o for o in outs if o.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
+    tf = _eval_transform(pre)
+    mean = torch.tensor(pre["mean"]).view(-1, 1, 1)
+    std = torch.tensor(pre["std"]).view(-1, 1, 1)
+    for p, o in zip(files, outs):
+        x = tf(load_image(p, pre["in_chans"]))
+        maps, logits = grad_cam(model, x[None].to(dev), available, target)
+        prob = logits.float().softmax(1)[0]
+        k = int(target) if target is not None else int(prob.argmax())
+        shown = (x * std + mean).clamp(0, 1)
+        title = f"{p.name}: class {classes[k]} (p={float(prob[k]):.2f})"
+        save_cam_figure(o, shown, {n: m[0] for n, m in maps.items()}, title=title)
+    return outs
