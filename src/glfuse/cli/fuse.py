@@ -1,6 +1,224 @@
-"""`glfuse fuse` (being built)."""
+"""``glfuse fuse``: multimodal image fusion (MACTFusion and classical baselines) and fusion metrics.
+
+Sub-commands: ``run`` (fuse an image pair or two folders), ``convert-official`` (official checkpoint → model folder),
+``metrics`` (per-image and mean ± std metrics of any fused folder), ``compare`` (several methods → paper-style table
+and an image grid), ``train`` (train from a preset).
+
+Modality convention everywhere: ``--a`` is the MRI, ``--b`` the CT / PET / SPECT image (``--a-is ct`` if reversed).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = ("--a is the MRI, --b the CT/PET/SPECT image. Grey pairs (CT-MRI) enter the network as vis = MRI, ir = CT; "
+          "a colour PET/SPECT image enters as its BT.601 Y (vis) with the MRI as ir, and its Cb/Cr are put back. "
+          "Outputs: grey for grey pairs, RGB for colour pairs, 8-bit = rint(clip(x,0,1)*255).")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("fuse", help="(being built)")
-    p.set_defaults(func=lambda args: print("glfuse fuse: not available yet"))
+    p = sub.add_parser("fuse", help="multimodal image fusion (MACTFusion, classical) and fusion metrics",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fsub = p.add_subparsers(dest="fuse_command", metavar="SUBCOMMAND", required=True)
+
+    r = fsub.add_parser("run", help="fuse an image pair or two folders of pairs", description=EPILOG)
+    r.add_argument("--model", required=True,
+                   help="model folder (convert-official / training output), registered name with --weights, or a "
+                        "classical method: average, max, laplacian, dwt")
+    r.add_argument("--weights", default=None, help="with a registered --model name: model folder, .safetensors or "
+                                                   "official .pth")
+    r.add_argument("--a", required=True, help="MRI image or folder")
+    r.add_argument("--b", required=True, help="CT / PET / SPECT image or folder (same file names as --a)")
+    r.add_argument("-o", "--output", required=True, help="output folder")
+    r.add_argument("--a-is", default="mri", help="modality of --a: mri (default) or ct/pet/spect (then --b is the MRI)")
+    r.add_argument("--resize", action="store_true", help="resize --b to --a's size when they differ (else an error)")
+    r.add_argument("--overwrite", action="store_true", help="replace existing output images")
+    r.add_argument("--minmax", action="store_true",
+                   help="official test.py saving (min-max stretch, truncation); only to reproduce official files")
+    r.add_argument("--ext", default=".png", help="output extension (default .png)")
+    r.add_argument("--allow-unmatched", action="store_true",
+                   help="warn about (and skip) names without a partner instead of failing")
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    r.set_defaults(func=cmd_run)
+
+    c = fsub.add_parser("convert-official", help="convert an official checkpoint into a glfuse model folder",
+                        description="load_official + save_model (model.safetensors + config.json with the fusion "
+                                    "preprocessing recorded); the folder then fuses with `glfuse fuse run --model DIR`.")
+    c.add_argument("path", help="official checkpoint, e.g. fusion_model_CTMRI.pth")
+    c.add_argument("out_dir", help="output model folder")
+    c.add_argument("--arch", default="mactfusion", help="registered architecture (default mactfusion)")
+    c.add_argument("--vis", default="MRI", help="modality the checkpoint takes as vis (default MRI)")
+    c.add_argument("--ir", default="CT", help="modality the checkpoint takes as ir (default CT)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    c.set_defaults(func=cmd_convert)
+
+    m = fsub.add_parser("metrics", help="fusion metrics of a folder of fused images (any method)",
+                        description="Per-image metrics (CSV) and mean ± std (rich table, CSV, Markdown) of fused "
+                                    "images against their two sources, matched by file name. Colour images are "
+                                    "evaluated on their BT.601 Y channel; the conventions are written to the outputs.")
+    m.add_argument("--fused", required=True, help="folder of fused images")
+    m.add_argument("--a", required=True, help="first source folder (e.g. MRI)")
+    m.add_argument("--b", required=True, help="second source folder (e.g. CT)")
+    m.add_argument("-o", "--output", default=None, help="output folder (default: <fused>/metrics)")
+    m.add_argument("--metrics", default=None, help="comma-separated subset (default all)")
+    m.add_argument("--reference", action="store_true",
+                   help="use the CDDFuse reference evaluator's conventions (PSNR peak = max F, SSIM data_range 2)")
+    m.add_argument("--allow-unmatched", action="store_true", help="skip (and list) names not in all three folders")
+    m.set_defaults(func=cmd_metrics)
+
+    k = fsub.add_parser("compare", help="compare fusion methods: table (CSV + Markdown) and image grid",
+                        description="Fuse --a/--b with each method, evaluate, and write compare.csv, compare.md "
+                                    "(rows = methods, columns = metrics, mean ± std), per-image CSVs and grid.png. "
+                                    + EPILOG)
+    k.add_argument("--a", required=True, help="MRI folder")
+    k.add_argument("--b", required=True, help="CT / PET / SPECT folder")
+    k.add_argument("--methods", required=True,
+                   help="comma-separated METHOD or LABEL=METHOD; METHOD = average|max|laplacian|dwt, a model folder, "
+                        "or fused:DIR (already fused images). E.g. mactfusion=runs/official,average,max,laplacian,dwt")
+    k.add_argument("-o", "--output", required=True, help="output folder")
+    k.add_argument("--a-is", default="mri", help="modality of --a (default mri)")
+    k.add_argument("--metrics", default=None, help="comma-separated subset (default all)")
+    k.add_argument("--reference", action="store_true", help="CDDFuse reference conventions (see `metrics --help`)")
+    k.add_argument("--grid-pairs", type=int, default=3, help="pairs shown in grid.png (default 3; 0 = none)")
+    k.add_argument("--overwrite", action="store_true", help="re-fuse and replace existing fused images")
+    k.add_argument("--reuse", action="store_true", help="reuse a method's complete existing fused folder")
+    k.add_argument("--resize", action="store_true", help="resize --b to --a's size when they differ")
+    k.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    k.set_defaults(func=cmd_compare)
+
+    t = fsub.add_parser("train", help="train a fusion network from a preset",
+                        description="Train with a preset (e.g. mactfusion_ct_mri) and key=value overrides, e.g. "
+                                    "data.crop=128 train.epochs=1 train.max_steps_per_epoch=50.")
+    t.add_argument("--config", required=True, help="preset name or YAML path")
+    t.add_argument("overrides", nargs="*", help="key=value overrides")
+    t.add_argument("--output", required=True, help="run folder")
+    t.add_argument("--resume", action="store_true", help="continue the run in --output")
+    t.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    t.set_defaults(func=cmd_train)
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from glfuse.fusion.api import fuse_folder
+
+    _threads(args.threads)
+    recs = fuse_folder(args.model, args.a, args.b, args.output, a_is=args.a_is, weights=args.weights,
+                       resize=args.resize, overwrite=args.overwrite, minmax=args.minmax, ext=args.ext,
+                       allow_unmatched=args.allow_unmatched)
+    n_col = sum(r["colour"] for r in recs)
+    Console(stderr=True).print(f"fused {len(recs)} pair(s) ({n_col} colour) into {args.output}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import hashlib
+    from pathlib import Path
+
+    from glfuse.checkpoint import WEIGHTS_NAME, save_model
+    from glfuse.registry import load_official
+
+    src = Path(args.path)
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: checkpoint file not found")
+    out = Path(args.out_dir)
+    if (out / WEIGHTS_NAME).exists() and not args.overwrite:
+        raise FileExistsError(f"{out / WEIGHTS_NAME} exists; pass --overwrite to replace it")
+    model = load_official(args.arch, src)
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    n_params = sum(p.numel() for p in model.parameters())
+    extra = {
+        "fusion": {
+            "vis": args.vis, "ir": args.ir,
+            "input": "forward(vis_y, ir), [B,1,H,W] in [0,1]; vis_y = BT.601 Y of the vis image (grey: Y of 3 grey "
+                     "channels, as the official loader), ir = grey",
+            "colour": "RGB->YCbCr BT.601 (correct RGB order); fused Y replaces Y; the colour source's Cb/Cr are put back",
+            "output": "raw fused Y (LeakyReLU output, may leave [0,1]); saved as rint(clip(x,0,1)*255)",
+            "any_size": "the model reflect-pads H, W to a multiple of 8 and crops back",
+        },
+        "source": {"official_checkpoint": src.name, "sha256": sha, "params": n_params},
+    }
+    save_model(model, out, extra=extra, overwrite=True)
+    print(f"converted {src} -> {out} ({args.arch}, {n_params:,} parameters; vis = {args.vis}, ir = {args.ir})")
+    return 0
+
+
+def _conventions(reference: bool) -> dict:
+    if not reference:
+        return {}
+    from glfuse.metrics.fusion import REFERENCE_CONVENTIONS
+
+    return dict(REFERENCE_CONVENTIONS)
+
+
+def _metric_list(s: str | None) -> list[str] | None:
+    return None if not s else [x.strip() for x in s.split(",") if x.strip()]
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from glfuse.fusion.compare import COLOUR_NOTE, _fmt, evaluate_fused_folder, write_metric_outputs
+
+    out = Path(args.output) if args.output else Path(args.fused) / "metrics"
+    rows, summary = evaluate_fused_folder(args.fused, args.a, args.b, metrics=_metric_list(args.metrics),
+                                          strict=not args.allow_unmatched, **_conventions(args.reference))
+    paths = write_metric_outputs(out, rows, summary, title="Fusion metrics",
+                                 sources={"fused": args.fused, "A": args.a, "B": args.b})
+    table = Table(title=f"fusion metrics: {args.fused} ({summary['n']} images)", caption=COLOUR_NOTE)
+    table.add_column("metric")
+    table.add_column("mean", justify="right")
+    table.add_column("std", justify="right")
+    for k in summary["mean"]:
+        table.add_row(k, _fmt(summary["mean"][k]), _fmt(summary["std"][k]))
+    con = Console()
+    con.print(table)
+    con.print(f"written: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from glfuse.fusion.compare import COLOUR_NOTE, _fmt, compare_methods, parse_methods
+
+    _threads(args.threads)
+    res = compare_methods(args.a, args.b, parse_methods(args.methods), args.output, a_is=args.a_is,
+                          metrics=_metric_list(args.metrics), overwrite=args.overwrite, reuse=args.reuse,
+                          resize=args.resize, grid_pairs=args.grid_pairs, **_conventions(args.reference))
+    results = res["results"]
+    names = list(next(iter(results.values()))["mean"])
+    table = Table(title="fusion comparison (mean over pairs)", caption=COLOUR_NOTE)
+    table.add_column("method")
+    for k in names:
+        table.add_column(k, justify="right")
+    for label, s in results.items():
+        table.add_row(label, *[_fmt(s["mean"][k], 3) for k in names])
+    con = Console()
+    con.print(table)
+    con.print(f"written: {res['table_csv']}, {res['table_md']}" + (f", {res['grid']}" if res["grid"] else ""))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from glfuse.config import build_config
+    from glfuse.fusion.train import FusionConfig, train
+
+    _threads(args.threads)
+    cfg = build_config(FusionConfig, args.config, args.overrides)
+    summary = train(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
+    print(f"done: {summary['epochs_run']} epoch(s); best {summary['monitor']} = {summary.get('best_' + summary['monitor'])}"
+          f"; run folder {args.output}")
+    return 0
