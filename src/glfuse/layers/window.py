@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["window_partition", "window_reverse", "relative_position_index", "shifted_window_mask"]
+__all__ = ["relative_position_index", "shifted_window_mask", "window_partition", "window_reverse"]
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
