@@ -370,12 +370,12 @@ def make_split(cache_dir: str | Path, out: str | Path, *, val: float = 0.15, tes
     index = load_cache_index(cache_dir)
     ids = [r["case_id"] for r in index["cases"]]
     labels = [r["label"] for r in index["cases"]]
-    doc: dict[str, Any] = {"cache": str(cache_dir), "seed": seed, "val": val, "label_column": index["label_column"],
+    doc: dict[str, Any] = {"cache": str(cache_dir), "seed": seed, "val_fraction": val, "label_column": index["label_column"],
                            "classes": index["classes"]}
     if k:
         doc.update(kind="kfold", k=k, folds=stratified_kfold(ids, labels, k=k, val=val, seed=seed))
     else:
-        doc.update(kind="holdout", test=test, **stratified_split(ids, labels, val=val, test=test, seed=seed))
+        doc.update(kind="holdout", test_fraction=test, **stratified_split(ids, labels, val=val, test=test, seed=seed))
     save_json(doc, out)
     return doc
 

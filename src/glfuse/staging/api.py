@@ -1,0 +1,586 @@
+"""VDPF lesion staging: config, engine task, and the train / evaluate / predict / ablate / cam API.
+
+Everything works on a slice cache from :func:`glfuse.staging.prepare.prepare` and a case-level split file from
+:func:`glfuse.staging.prepare.make_split`.
+
+* **Inputs per model**: VDPF-family models (``vdpf*``) get ``(image, box_mask)`` — the whole slice and the union of its
+  lesion boxes (the model forms I_L = I_G × mask itself). Any other registered classifier (the paper's Table 4 baselines
+  ``resnet50``, ``vit_base_patch16_224``, ``efficientnet_b0``) gets the lesion-centred crop (box ± 5 px, resized) as a
+  one-channel image (``data.crop: auto`` picks this by model family).
+* **Case level** (paper §2.1): a case's prediction is the mean of the softmax over its lesion slices. ``StagingTask``
+  reports ``case_acc``, ``case_f1`` (macro), ``case_precision``, ``case_recall``, ``case_specificity``, ``case_auc`` and the
+  same with ``slice_`` for single slices, plus ``n_cases`` / ``n_slices``. The preset monitors ``case_f1``.
+* **cam**: Grad-CAM on the per-branch encoder token maps (``model.cam_layers()``: F_G and F_L, [B, N, D]) reshaped to the
+  token grid (14×14 at 224²): weights = gradient of the case's predicted-class logit averaged over tokens, map =
+  ReLU(Σ_d w_d·F_d), upsampled bilinearly and min–max scaled. The slice shown is the lesion slice with the highest
+  probability for the case's predicted class (the largest contribution to the case mean).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import inspect
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glfuse.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write, load_model, save_json
+from glfuse.config import config_to_dict, save_config
+from glfuse.engine import TrainConfig, fit, get_device
+from glfuse.engine import evaluate as engine_evaluate
+from glfuse.staging.data import SliceCache, StagingSliceDataset, lesion_crop, resize_pair
+from glfuse.staging.prepare import CaseInput, preprocess_case, read_split
+
+__all__ = [
+    "StageConfig",
+    "StageDataConfig",
+    "StageModelConfig",
+    "StagingTask",
+    "ablate",
+    "aggregate_cases",
+    "cam",
+    "evaluate",
+    "parse_variant",
+    "predict",
+    "staging_metrics",
+    "train",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------- config
+@dataclass
+class StageModelConfig:
+    """``name``: a registered model; ``args``: extra constructor arguments (``num_classes`` comes from the cache;
+    ``img_size`` from ``data.img_size``). For VDPF, ``embed_dim``/``depth``/``num_heads`` shrink it for quick runs."""
+
+    name: str = "vdpf"
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class StageDataConfig:
+    cache: str = ""  # folder written by `glfuse stage prepare`
+    split: str = ""  # split JSON from `glfuse stage split`; empty: every cached case is training data (no val/test)
+    fold: int | None = None  # which fold of a k-fold split file
+    label_column: str | None = None  # if set, must match the column the cache was prepared with
+    class_names: list[str] | None = None  # display names, in the cache's class order
+    img_size: int | None = None  # model input size (default: the cache's, 224)
+    crop: str = "auto"  # auto (crop for non-VDPF models) | yes | no
+    augment: bool = True
+    max_slices_per_case: int | None = None  # training: at most N lesion slices per case (evenly spread); quick runs
+    eval_max_slices_per_case: int | None = None  # validation/test: same (None = all lesion slices, as the paper)
+
+
+@dataclass
+class StageConfig:
+    model: StageModelConfig = field(default_factory=StageModelConfig)
+    data: StageDataConfig = field(default_factory=StageDataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(monitor="case_f1"))
+
+
+def _is_dual(model: nn.Module) -> bool:
+    """True when ``model.forward`` takes (image, box_mask)."""
+    params = [p for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(params) >= 2
+
+
+def _model_kwargs(name: str, args: dict, num_classes: int, img_size: int) -> dict:
+    kw = {"num_classes": num_classes, **args}
+    if name.startswith(("vdpf", "vit")):
+        kw.setdefault("img_size", img_size)
+    if not name.startswith("vdpf"):
+        kw.setdefault("in_chans", 1)
+    return kw
+
+
+# ------------------------------------------------------------------------------------------------------------- metrics
+def aggregate_cases(probs: torch.Tensor, targets: torch.Tensor, cases: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean slice softmax per case -> ``(case ids [K] in order of first appearance, case probs [K, C], targets [K])``."""
+    probs = torch.as_tensor(probs).float()
+    cases = torch.as_tensor(cases).long()
+    targets = torch.as_tensor(targets).long()
+    uniq, inv = torch.unique(cases, return_inverse=True)
+    first = torch.full((len(uniq),), len(cases), dtype=torch.long).scatter_reduce(
+        0, inv, torch.arange(len(cases)), reduce="amin")
+    sums = torch.zeros(len(uniq), probs.shape[1]).index_add_(0, inv, probs)
+    counts = torch.bincount(inv, minlength=len(uniq)).clamp(min=1).float()
+    t = targets[first]
+    if not torch.equal(targets, t[inv]):
+        raise ValueError("slices of one case carry different labels")
+    order = torch.argsort(first)
+    return uniq[order], (sums / counts[:, None])[order], t[order]
+
+
+def staging_metrics(outputs: dict[str, torch.Tensor], class_names: list[str] | None = None) -> dict[str, dict]:
+    """Full classification metrics (:func:`glfuse.metrics.classification.classification_metrics`) at case and slice
+    level: ``{"case": {...}, "slice": {...}}``."""
+    from glfuse.metrics.classification import classification_metrics
+
+    _, cp, ct = aggregate_cases(outputs["prob"], outputs["target"], outputs["case"])
+    return {"case": classification_metrics(cp, ct, class_names),
+            "slice": classification_metrics(outputs["prob"], outputs["target"], class_names)}
+
+
+class StagingTask:
+    """Engine task: cross-entropy on slices; predictions (slice softmax, target, case index) scored at case level."""
+
+    def __init__(self, num_classes: int, dual: bool, class_names: list[str] | None = None) -> None:
+        self.num_classes = num_classes
+        self.dual = dual
+        self.class_names = class_names
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(batch["image"], batch["mask"]) if self.dual else model(batch["image"])
+
+    def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        logits = self.forward(model, batch)
+        loss = F.cross_entropy(logits.float(), batch["label"])
+        acc = (logits.argmax(1) == batch["label"]).float().mean()
+        return loss, {"acc": float(acc)}
+
+    def predict_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = self.forward(model, batch)
+        return {"prob": logits.float().softmax(1), "target": batch["label"], "case": batch["case"],
+                "slice": batch["slice"]}
+
+    def compute_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+        from glfuse.metrics.classification import SCALAR_KEYS
+
+        m = staging_metrics(outputs, self.class_names)
+        out: dict[str, float] = {}
+        for level in ("case", "slice"):
+            for k in SCALAR_KEYS:
+                v = m[level].get(k)
+                out[f"{level}_{k}"] = float("nan") if v is None else float(v)
+        out["n_cases"] = float(m["case"]["n"])
+        out["n_slices"] = float(m["slice"]["n"])
+        return out
+
+    def batch_size(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["label"].shape[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------- train
+def _crop_flag(cfg: StageConfig, dual: bool) -> bool:
+    if cfg.data.crop not in ("auto", "yes", "no"):
+        raise ValueError(f"config key 'data.crop': expected auto|yes|no, got {cfg.data.crop!r}")
+    return (not dual) if cfg.data.crop == "auto" else cfg.data.crop == "yes"
+
+
+def _open_data(cfg: StageConfig) -> tuple[SliceCache, dict[str, list[str]]]:
+    if not cfg.data.cache:
+        raise ValueError("config key 'data.cache' is empty: give the folder from `glfuse stage prepare`")
+    cache = SliceCache(cfg.data.cache)
+    if cfg.data.label_column and cfg.data.label_column != cache.index["label_column"]:
+        raise ValueError(f"config key 'data.label_column': {cfg.data.label_column!r} but the cache {cache.dir} was "
+                         f"prepared with {cache.index['label_column']!r}")
+    if cfg.data.class_names and len(cfg.data.class_names) != len(cache.classes):
+        raise ValueError(f"config key 'data.class_names': {len(cfg.data.class_names)} names for the cache's "
+                         f"{len(cache.classes)} classes {cache.classes}")
+    split = read_split(cfg.data.split, cfg.data.fold) if cfg.data.split else \
+        {"train": list(cache.case_ids), "val": [], "test": []}
+    for part, ids in split.items():
+        missing = [c for c in ids if c not in set(cache.case_ids)]
+        if missing:
+            raise ValueError(f"{cfg.data.split}: {part} case {missing[0]} is not in the cache {cache.dir} "
+                             "(was it left out at prepare time?)")
+    overlap = (set(split["train"]) & set(split["val"])) | (set(split["train"]) & set(split["test"])) | \
+              (set(split["val"]) & set(split["test"]))
+    if overlap:
+        raise ValueError(f"{cfg.data.split}: case {sorted(overlap)[0]} is in more than one part of the split")
+    if not split["train"]:
+        raise ValueError(f"{cfg.data.split}: no training cases")
+    return cache, split
+
+
+def build_model(cfg: StageConfig, num_classes: int, img_size: int) -> nn.Module:
+    """The model named in ``cfg.model`` for ``num_classes`` classes at ``img_size``."""
+    from glfuse.registry import create_model
+
+    return create_model(cfg.model.name, **_model_kwargs(cfg.model.name, dict(cfg.model.args), num_classes, img_size))
+
+
+def train(cfg: StageConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          evaluate_test: bool = True) -> dict[str, Any]:
+    """Train on the split's train cases, early-stop / pick the best checkpoint on the val cases (case-level metric
+    ``train.monitor``), then evaluate ``best/`` on the test cases into ``run_dir/eval`` (both levels).
+
+    Returns the engine summary plus ``test`` (case- and slice-level scalar metrics) when there is a test part."""
+    run_dir = Path(run_dir)
+    if overwrite and not resume and run_dir.exists():
+        if not ((run_dir / "config.yaml").exists() or (run_dir / "last").exists()):
+            raise ValueError(f"{run_dir}: refusing to overwrite a folder that is not a glfuse run")
+        shutil.rmtree(run_dir)
+    elif not resume and (run_dir / "last" / WEIGHTS_NAME).exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite")
+    cache, split = _open_data(cfg)
+    size = cfg.data.img_size or int(cache.index["preprocessing"]["size"])
+    nc = len(cache.classes)
+    model = build_model(cfg, nc, size)
+    dual = _is_dual(model)
+    crop = _crop_flag(cfg, dual)
+    names = cfg.data.class_names or cache.classes
+    train_ds = StagingSliceDataset(cache, split["train"], augment=cfg.data.augment, crop=crop, size=size,
+                                   max_slices_per_case=cfg.data.max_slices_per_case)
+    val_ds = StagingSliceDataset(cache, split["val"], crop=crop, size=size,
+                                 max_slices_per_case=cfg.data.eval_max_slices_per_case) if split["val"] else None
+    task = StagingTask(nc, dual, names)
+    extra = {"task": "stage", "classes": cache.classes, "class_names": names, "label_column": cache.index["label_column"],
+             "input": "dual" if dual else ("crop" if crop else "image"), "img_size": size,
+             "preprocessing": cache.index["preprocessing"]}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    summary = fit(model, task, train_ds, val_ds, cfg.train, run_dir, resume=resume, model_extra=extra)
+    summary.update(n_train_slices=len(train_ds), n_val_slices=len(val_ds) if val_ds else 0)
+    if evaluate_test and split["test"]:
+        res = evaluate(run_dir, cache, split["test"], run_dir / "eval", overwrite=True,
+                       max_slices_per_case=cfg.data.eval_max_slices_per_case, batch_size=cfg.train.eval_batch_size
+                       or cfg.train.batch_size, device=cfg.train.device, progress=cfg.train.progress)
+        summary["test"] = res["scalars"]
+        save_json(summary, run_dir / "summary.json")
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------------------- evaluate
+def _model_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if (p / "best" / WEIGHTS_NAME).exists():
+        return p / "best"
+    if (p / WEIGHTS_NAME).exists() and (p / CONFIG_NAME).exists():
+        return p
+    raise FileNotFoundError(f"{p}: no trained model (expected {p / 'best' / WEIGHTS_NAME} or {p / WEIGHTS_NAME})")
+
+
+def _load(model_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any], Path]:
+    d = _model_dir(model_dir)
+    model, mcfg = load_model(d)
+    if mcfg.get("task") != "stage":
+        raise ValueError(f"{d / CONFIG_NAME}: not a staging model (task {mcfg.get('task')!r})")
+    return model.to(get_device(device)), mcfg, d
+
+
+def evaluate(model_dir: str | Path, cache: SliceCache | str | Path, split: str | Path | list[str] | None,
+             out_dir: str | Path | None, *, part: str = "test", fold: int | None = None,
+             max_slices_per_case: int | None = None, batch_size: int = 16, device: str = "auto",
+             overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Evaluate a trained model on ``part`` of a split file (or a list of case ids, or every cached case when None).
+
+    Writes to ``out_dir`` (when given) ``case/`` and ``slice/`` classification reports (metrics.json, per_class.csv,
+    confusion matrix CSV/PNG), ``case_predictions.csv`` and ``slice_predictions.csv``. Returns
+    ``{"case": metrics, "slice": metrics, "scalars": {case_acc, ...}}``."""
+    from glfuse.metrics.classification import save_classification_report
+
+    model, mcfg, mdir = _load(model_dir, device)
+    cache = cache if isinstance(cache, SliceCache) else SliceCache(cache)
+    if list(mcfg["classes"]) != cache.classes:
+        raise ValueError(f"{mdir / CONFIG_NAME}: model classes {mcfg['classes']} differ from the cache's {cache.classes}")
+    if split is None:
+        ids = list(cache.case_ids)
+    elif isinstance(split, (list, tuple)):
+        ids = list(split)
+    else:
+        ids = read_split(split, fold)[part]
+        if not ids:
+            raise ValueError(f"{split}: the {part!r} part is empty")
+    dual = mcfg["input"] == "dual"
+    ds = StagingSliceDataset(cache, ids, crop=mcfg["input"] == "crop", size=int(mcfg["img_size"]),
+                             max_slices_per_case=max_slices_per_case)
+    names = list(mcfg.get("class_names") or mcfg["classes"])
+    task = StagingTask(len(names), dual, names)
+    scalars, outs = engine_evaluate(model, task, ds, batch_size=batch_size, device=next(model.parameters()).device,
+                                    progress=progress, description="evaluate")
+    full = staging_metrics(outs, names)
+    res = {"case": full["case"], "slice": full["slice"], "scalars": scalars}
+    if out_dir is not None:
+        out = Path(out_dir)
+        info = {"model": str(mdir), "arch": mcfg["arch"], "cache": str(cache.dir), "cases": len(set(ids))}
+        save_classification_report(full["case"], out / "case", names, title="case level", extra=info,
+                                   overwrite=overwrite)
+        save_classification_report(full["slice"], out / "slice", names, title="slice level", extra=info,
+                                   overwrite=overwrite)
+        cid, cp, ct = aggregate_cases(outs["prob"], outs["target"], outs["case"])
+        _write_rows(out / "case_predictions.csv", ["case_id", "label", "pred", *[f"prob_{n}" for n in names],
+                                                   "n_slices"],
+                    [[cache.case_ids[int(c)], names[int(t)], names[int(p.argmax())], *[f"{float(x):.6f}" for x in p],
+                      int((outs["case"] == c).sum())] for c, p, t in zip(cid, cp, ct)])
+        _write_rows(out / "slice_predictions.csv", ["case_id", "slice", "label", "pred", *[f"prob_{n}" for n in names]],
+                    [[cache.case_ids[int(c)], int(s), names[int(t)], names[int(p.argmax())],
+                      *[f"{float(x):.6f}" for x in p]]
+                     for c, s, t, p in zip(outs["case"], outs["slice"], outs["target"], outs["prob"])])
+        save_json(scalars, out / "scalars.json")
+    return res
+
+
+def _write_rows(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    def w(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            wr = csv.writer(f)
+            wr.writerow(header)
+            wr.writerows(rows)
+
+    atomic_write(path, w)
+
+
+# -------------------------------------------------------------------------------------------------------------- predict
+def _case_tensors(mcfg: dict[str, Any], volume: str | Path, mask_or_boxes: str | Path,
+                  case_id: str | None) -> tuple[str, torch.Tensor, torch.Tensor, np.ndarray]:
+    from glfuse.data.volumes import read_boxes_csv
+
+    pre = mcfg["preprocessing"]
+    mb = Path(mask_or_boxes)
+    cid = case_id or Path(volume).name.split(".")[0]
+    case = CaseInput(case_id=cid, image=Path(volume))
+    if mb.suffix.lower() == ".csv":
+        boxes = read_boxes_csv(mb)
+        if case_id is None:
+            if len(boxes) != 1:
+                raise ValueError(f"{mb}: holds {len(boxes)} cases; choose one with --case-id")
+            cid = case.case_id = next(iter(boxes))
+        if cid not in boxes:
+            raise ValueError(f"case {cid} ({mb}): no boxes for this case")
+        case.boxes, case.boxes_source = boxes[cid], str(mb)
+    else:
+        case.mask = mb
+    r = preprocess_case(case, axis=int(pre["axis"]), size=int(pre["size"]))
+    img = torch.from_numpy(r["image"]).float()[:, None]
+    m = torch.from_numpy(r["mask"]).float()[:, None]
+    size = int(mcfg["img_size"])
+    if mcfg["input"] == "crop":
+        pairs = [lesion_crop(i, k, size) for i, k in zip(img, m)]
+    else:
+        pairs = [resize_pair(i, k, size) for i, k in zip(img, m)]
+    return cid, torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), r["slice_index"]
+
+
+@torch.no_grad()
+def predict(model_dir: str | Path, volume: str | Path, mask_or_boxes: str | Path, out_csv: str | Path | None = None,
+            *, case_id: str | None = None, batch_size: int = 16, device: str = "auto") -> dict[str, Any]:
+    """Stage one case: its lesion slices (from a mask volume or a boxes CSV) are preprocessed as at training time; the
+    case's class probabilities are the mean slice softmax. Writes ``out_csv`` (first row ``level=case``, then one row
+    per lesion slice) when given; returns ``{"case_id", "pred", "probs": {class: p}, "slices": [...]}``."""
+    model, mcfg, _ = _load(model_dir, device)
+    names = list(mcfg.get("class_names") or mcfg["classes"])
+    cid, img, m, slices = _case_tensors(mcfg, volume, mask_or_boxes, case_id)
+    task = StagingTask(len(names), mcfg["input"] == "dual", names)
+    dev = next(model.parameters()).device
+    probs = torch.cat([task.predict_step(model, {"image": img[i:i + batch_size].to(dev),
+                                                 "mask": m[i:i + batch_size].to(dev),
+                                                 "label": torch.zeros(len(img[i:i + batch_size]), dtype=torch.long),
+                                                 "case": torch.zeros(1), "slice": torch.zeros(1)})["prob"].cpu()
+                       for i in range(0, len(img), batch_size)])
+    case_p = probs.mean(0)
+    res = {"case_id": cid, "pred": names[int(case_p.argmax())], "probs": dict(zip(names, map(float, case_p))),
+           "slices": [{"slice": int(s), "pred": names[int(p.argmax())], "probs": dict(zip(names, map(float, p)))}
+                      for s, p in zip(slices, probs)]}
+    if out_csv is not None:
+        hdr = ["case_id", "level", "slice", "pred", *[f"prob_{n}" for n in names]]
+        rows = [[cid, "case", "", res["pred"], *[f"{float(x):.6f}" for x in case_p]]]
+        rows += [[cid, "slice", int(s), names[int(p.argmax())], *[f"{float(x):.6f}" for x in p]]
+                 for s, p in zip(slices, probs)]
+        _write_rows(Path(out_csv), hdr, rows)
+    return res
+
+
+# --------------------------------------------------------------------------------------------------------------- ablate
+def parse_variant(spec: str) -> tuple[str, str, dict[str, Any]]:
+    """``"vdpf"`` / ``"resnet50"`` / ``"vdpf:features=global+local"`` / ``"vdpf:features=cross,fffn_hidden=8"`` ->
+    ``(label, model name, extra model args)``; ``a+b`` values become lists."""
+    import yaml
+
+    name, _, rest = spec.partition(":")
+    args: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        if "=" not in item:
+            raise ValueError(f"variant {spec!r}: {item!r} is not key=value")
+        k, v = item.split("=", 1)
+        args[k.strip()] = v.split("+") if "+" in v else yaml.safe_load(v)
+    return spec, name.strip(), args
+
+
+def _table_of(name: str, args: dict[str, Any]) -> str:
+    if not name.startswith("vdpf"):
+        return "4"
+    return "3" if "features" in args else "2"
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
+
+
+def ablate(variants: list[str], cfg: StageConfig, out_dir: str | Path, *, overwrite: bool = False,
+           resume: bool = False) -> list[dict[str, Any]]:
+    """Train and evaluate each variant on the same cache/split with the same recipe; write ``ablation.csv`` and
+    ``ablation.md`` (the paper's Tables 2–4 shapes: model ablations, feature subsets, comparison models), all at case
+    level (plus slice accuracy/F1). A VDPF-family variant gets ``cfg.model.args`` + its own args; another model only its
+    own args. A variant whose run finished already is reused when ``resume``."""
+    from glfuse.metrics.classification import SCALAR_KEYS
+
+    out = Path(out_dir)
+    if (out / "ablation.csv").exists() and not (overwrite or resume):
+        raise FileExistsError(f"{out / 'ablation.csv'} exists; pass --overwrite or --resume")
+    rows = []
+    for spec in variants:
+        label, name, vargs = parse_variant(spec)
+        c = copy.deepcopy(cfg)
+        c.model.name = name
+        c.model.args = {**(cfg.model.args if name.startswith("vdpf") else {}), **vargs}
+        slug = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)
+        run = out / slug
+        done = run / "summary.json"
+        if resume and done.exists() and (run / "eval" / "scalars.json").exists():
+            import json
+
+            test = json.loads((run / "eval" / "scalars.json").read_text())
+        else:
+            s = train(c, run, overwrite=overwrite, resume=resume and (run / "last" / "training_state.pt").exists())
+            if "test" not in s:
+                raise ValueError(f"{cfg.data.split}: ablation needs a test part in the split")
+            test = s["test"]
+        model, _ = load_model(run / "best")
+        feats = getattr(model, "features", None)
+        rows.append({"table": _table_of(name, vargs), "variant": label, "model": name,
+                     "F_GS": "✓" if feats and "global" in feats else "", "F_LS": "✓" if feats and "local" in feats else "",
+                     "F_Cross": "✓" if feats and "cross" in feats else "",
+                     **{f"case_{k}": test.get(f"case_{k}") for k in SCALAR_KEYS},
+                     "slice_acc": test.get("slice_acc"), "slice_f1": test.get("slice_f1"),
+                     "n_cases": test.get("n_cases"), "params_M": sum(p.numel() for p in model.parameters()) / 1e6})
+    keys = list(rows[0])
+    _write_rows(out / "ablation.csv", keys, [[r[k] for k in keys] for r in rows])
+    md = _markdown(rows, cfg)
+    atomic_write(out / "ablation.md", lambda tmp: Path(tmp).write_text(md))
+    save_json({"config": config_to_dict(cfg), "variants": variants}, out / "ablation_config.json")
+    return rows
+
+
+def _markdown(rows: list[dict[str, Any]], cfg: StageConfig) -> str:
+    full = [r for r in rows if r["model"] == "vdpf" and r["table"] == "2"]
+    titles = {"2": "Table 2 shape — model ablations", "3": "Table 3 shape — feature subsets",
+              "4": "Table 4 shape — comparison with other models"}
+    parts = [f"# VDPF ablation (case level, test split `{cfg.data.split}`; mean slice softmax per case)\n"]
+    for t in ("2", "3", "4"):
+        sel = [r for r in rows if r["table"] == t]
+        if not sel:
+            continue
+        sel = sel + [r for r in full if r not in sel]  # the full model closes every table, as in the paper
+        parts.append(f"\n## {titles[t]}\n")
+        if t == "3":
+            hdr = ["F_GS", "F_LS", "F_Cross", "Acc (%)", "F1 (%)", "Prec (%)", "Recall (%)", "slice Acc (%)"]
+            lines = [[r["F_GS"], r["F_LS"], r["F_Cross"], *map(_fmt, (r["case_acc"], r["case_f1"], r["case_precision"],
+                                                                        r["case_recall"], r["slice_acc"]))] for r in sel]
+        else:
+            hdr = ["Method", "Acc (%)", "F1 (%)", "Prec (%)", "Recall (%)", "AUC (%)", "slice Acc (%)", "Params (M)"]
+            lines = [[r["variant"], *map(_fmt, (r["case_acc"], r["case_f1"], r["case_precision"], r["case_recall"],
+                                                r["case_auc"], r["slice_acc"])), f"{r['params_M']:.2f}"] for r in sel]
+        parts.append("| " + " | ".join(hdr) + " |\n|" + "---|" * len(hdr) + "\n")
+        parts.extend("| " + " | ".join(map(str, ln)) + " |\n" for ln in lines)
+    return "".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------------------------ cam
+def _as_map(t: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Layer output -> [B, C, h, w]: token maps [B, N, D] via ``model.tokens_to_map`` (or a square grid)."""
+    if t.ndim == 4:
+        return t
+    if t.ndim == 3:
+        if hasattr(model, "tokens_to_map"):
+            return model.tokens_to_map(t)
+        b, n, d = t.shape
+        g = int(math.isqrt(n))
+        if g * g != n:
+            raise ValueError(f"cannot lay {n} tokens out on a square grid")
+        return t.transpose(1, 2).reshape(b, d, g, g)
+    raise ValueError(f"cannot use a layer output of shape {tuple(t.shape)} for Grad-CAM")
+
+
+def _grad_cam(model: nn.Module, task: StagingTask, batch: dict[str, torch.Tensor], cls: int
+              ) -> dict[str, np.ndarray]:
+    layers = model.cam_layers() if hasattr(model, "cam_layers") else {}
+    if not layers:
+        raise ValueError(f"{type(model).__name__} exposes no cam_layers() for Grad-CAM")
+    acts: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, layer in layers.items():
+        def fw(_m, _i, o, name=name):
+            o.retain_grad()
+            acts[name] = o
+        hooks.append(layer.register_forward_hook(fw))
+    try:
+        with torch.enable_grad():
+            logits = task.forward(model, batch)
+            model.zero_grad(set_to_none=True)
+            logits[0, cls].backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    size = batch["image"].shape[-2:]
+    out = {}
+    for name, a in acts.items():
+        if a.grad is None:
+            raise ValueError(f"cam layer {name!r} gets no gradient from the class score")
+        A, G = _as_map(a.detach(), model), _as_map(a.grad.detach(), model)
+        cam_ = F.relu((G.mean(dim=(2, 3), keepdim=True) * A).sum(1, keepdim=True))
+        cam_ = F.interpolate(cam_, size=size, mode="bilinear", align_corners=False)[0, 0]
+        lo, hi = cam_.min(), cam_.max()
+        out[name] = ((cam_ - lo) / (hi - lo) if hi > lo else torch.zeros_like(cam_)).numpy()
+    return out
+
+
+def _save_overlay(image: np.ndarray, heat: np.ndarray | None, path: Path, title: str) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.2, 3.4), dpi=120)
+    ax = fig.subplots()
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+    if heat is not None:
+        ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def cam(model_dir: str | Path, case: str, out_dir: str | Path, *, cache: SliceCache | str | Path,
+        device: str = "cpu") -> dict[str, Any]:
+    """Grad-CAM of one cached case (see module docstring): ``out_dir/<case>_slice<k>_{global,local}.png`` (heatmap
+    over I_G and over I_L = I_G × box mask) + ``<case>_cam.json``. Baselines with ``cam_layers()`` get one map each."""
+    model, mcfg, _ = _load(model_dir, device)
+    cache = cache if isinstance(cache, SliceCache) else SliceCache(cache)
+    names = list(mcfg.get("class_names") or mcfg["classes"])
+    dual = mcfg["input"] == "dual"
+    task = StagingTask(len(names), dual, names)
+    ds = StagingSliceDataset(cache, [case], crop=mcfg["input"] == "crop", size=int(mcfg["img_size"]))
+    if not len(ds):
+        raise ValueError(f"case {case} ({cache.dir}): no lesion slices in the cache")
+    items = [ds[i] for i in range(len(ds))]
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        probs = task.predict_step(model, {k: v.to(dev) for k, v in batch.items()})["prob"].cpu()
+    cls = int(probs.mean(0).argmax())
+    j = int(probs[:, cls].argmax())
+    one = {k: v[j: j + 1].to(dev) for k, v in batch.items()}
+    maps = _grad_cam(model, task, one, cls)
+    out = Path(out_dir)
+    s = int(batch["slice"][j])
+    img = batch["image"][j, 0].numpy()
+    local = img * batch["mask"][j, 0].numpy()
+    files = {}
+    for name, heat in maps.items():
+        base = local if name == "local" else img
+        p = out / f"{case}_slice{s}_{name}.png"
+        _save_overlay(base, heat, p, f"{case} slice {s}: {name} branch, class {names[cls]}")
+        files[name] = str(p)
+    info = {"case_id": case, "slice": s, "pred": names[cls], "case_probs": dict(zip(names, map(float, probs.mean(0)))),
+            "slice_prob": float(probs[j, cls]), "method": "Grad-CAM on cam_layers() token maps", "files": files}
+    save_json(info, out / f"{case}_cam.json")
+    return info
