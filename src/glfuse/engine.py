@@ -511,6 +511,12 @@ def fit(
             elif val_ds is None:
                 improved = True
             history.append(row)
+            if main and cfg.progress:
+                shown = {k: v for k, v in row.items() if k.startswith("val_") or k == "train_loss"}
+                bar.console.print(f"epoch {epoch + 1}/{cfg.epochs}  " + "  ".join(
+                    f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+                    + f"  ({row['train_time_s']:.0f} s, {row['train_samples_per_s']:.1f} samples/s)"
+                    + ("  *best*" if improved and val_ds is not None else ""))
             if main:
                 if improved:
                     save_model(base, run_dir / "best", extra={**(model_extra or {}), "epoch": epoch + 1,
