@@ -275,7 +275,7 @@ def test_end_to_end_cli(cache, dataset, tmp_path, capsys):
     assert main(["stage", "predict", str(run), "--volume", str(case / "t1.nii.gz"), "--mask",
                  str(case / "mask.nii.gz"), "-o", str(out), "--device", "cpu"]) == 0
     pr = list(csv.DictReader(open(out)))
-    assert pr[0]["level"] == "case" and [r["slice"] for r in pr[1:]] == ["2", "4"]
+    assert pr[0]["case_id"] == "C03" and pr[0]["level"] == "case" and [r["slice"] for r in pr[1:]] == ["2", "4"]
     assert float(pr[0]["prob_1"]) + float(pr[0]["prob_2"]) == pytest.approx(1, abs=1e-5)
     b = tmp_path / "b.csv"
     b.write_text("case_id,slice,x_min,y_min,x_max,y_max\nC03,2,3,4,7,8\n")
@@ -284,7 +284,7 @@ def test_end_to_end_cli(cache, dataset, tmp_path, capsys):
     # cam: global + local heatmaps of the top slice
     assert main(["stage", "cam", str(run), "--cache", str(cache), "--case", "C03", "-o", str(tmp_path / "cam")]) == 0
     info = json.loads((tmp_path / "cam" / "C03_cam.json").read_text())
-    assert set(info["files"]) == {"global", "local"} and info["slice"] in (2, 4)
+    assert set(info["files"]) == {"global", "local", "figure"} and info["slice"] in (2, 4)
     for f in info["files"].values():
         assert open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 

@@ -10,9 +10,10 @@ Everything works on a slice cache from :func:`glfuse.staging.prepare.prepare` an
 * **Case level** (paper §2.1): a case's prediction is the mean of the softmax over its lesion slices. ``StagingTask``
   reports ``case_acc``, ``case_f1`` (macro), ``case_precision``, ``case_recall``, ``case_specificity``, ``case_auc`` and the
   same with ``slice_`` for single slices, plus ``n_cases`` / ``n_slices``. The preset monitors ``case_f1``.
-* **cam**: Grad-CAM on the per-branch encoder token maps (``model.cam_layers()``: F_G and F_L, [B, N, D]) reshaped to the
-  token grid (14×14 at 224²): weights = gradient of the case's predicted-class logit averaged over tokens, map =
-  ReLU(Σ_d w_d·F_d), upsampled bilinearly and min–max scaled. The slice shown is the lesion slice with the highest
+* **cam**: Grad-CAM (:func:`glfuse.cam.grad_cam`, not attention rollout) on the per-branch encoder token maps
+  (``model.cam_layers()``: F_G and F_L, [B, N, D]) reshaped to the token grid by ``model.tokens_to_map`` (14×14 at 224²):
+  weights = gradient of the case's predicted-class logit averaged over tokens, map = ReLU(Σ_d w_d·F_d), upsampled
+  bilinearly and min–max scaled. The slice shown is the lesion slice with the highest
   probability for the case's predicted class (the largest contribution to the case mean).
 """
 
@@ -338,7 +339,8 @@ def _case_tensors(mcfg: dict[str, Any], volume: str | Path, mask_or_boxes: str |
 
     pre = mcfg["preprocessing"]
     mb = Path(mask_or_boxes)
-    cid = case_id or Path(volume).name.split(".")[0]
+    vp = Path(volume)
+    cid = case_id or (vp.name if vp.is_dir() else vp.parent.name)  # <case_id>/<image> layout, as prepare
     case = CaseInput(case_id=cid, image=Path(volume))
     if mb.suffix.lower() == ".csv":
         boxes = read_boxes_csv(mb)
@@ -366,6 +368,7 @@ def _case_tensors(mcfg: dict[str, Any], volume: str | Path, mask_or_boxes: str |
 def predict(model_dir: str | Path, volume: str | Path, mask_or_boxes: str | Path, out_csv: str | Path | None = None,
             *, case_id: str | None = None, batch_size: int = 16, device: str = "auto") -> dict[str, Any]:
     """Stage one case: its lesion slices (from a mask volume or a boxes CSV) are preprocessed as at training time; the
+    case id defaults to the volume's folder (``<case_id>/<image>``, as ``prepare``) or the only case of the boxes CSV; the
     case's class probabilities are the mean slice softmax. Writes ``out_csv`` (first row ``level=case``, then one row
     per lesion slice) when given; returns ``{"case_id", "pred", "probs": {class: p}, "slices": [...]}``."""
     model, mcfg, _ = _load(model_dir, device)
@@ -487,62 +490,28 @@ def _markdown(rows: list[dict[str, Any]], cfg: StageConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------------ cam
-def _as_map(t: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    """Layer output -> [B, C, h, w]: token maps [B, N, D] via ``model.tokens_to_map`` (or a square grid)."""
-    if t.ndim == 4:
-        return t
-    if t.ndim == 3:
-        if hasattr(model, "tokens_to_map"):
-            return model.tokens_to_map(t)
-        b, n, d = t.shape
-        g = int(math.isqrt(n))
-        if g * g != n:
-            raise ValueError(f"cannot lay {n} tokens out on a square grid")
-        return t.transpose(1, 2).reshape(b, d, g, g)
-    raise ValueError(f"cannot use a layer output of shape {tuple(t.shape)} for Grad-CAM")
+def _branch_cams(model: nn.Module, task: StagingTask, batch: dict[str, torch.Tensor], cls: int
+                 ) -> dict[str, np.ndarray]:
+    """Grad-CAM (:func:`glfuse.cam.grad_cam`) on ``model.cam_layers()`` for one sample; token maps [B, N, D] are laid
+    out on the encoder's grid with ``model.tokens_to_map``."""
+    from glfuse.cam import default_cam_layers, grad_cam
+
+    layers = default_cam_layers(model)
+    reshape = {n: model.tokens_to_map for n in layers} if hasattr(model, "tokens_to_map") else None
+    mask = batch["mask"]
+    maps, _ = grad_cam(model, batch["image"], layers, target=cls, reshape=reshape,
+                       forward=(lambda m, x: m(x, mask)) if task.dual else None)
+    return {n: v[0].numpy() for n, v in maps.items()}
 
 
-def _grad_cam(model: nn.Module, task: StagingTask, batch: dict[str, torch.Tensor], cls: int
-              ) -> dict[str, np.ndarray]:
-    layers = model.cam_layers() if hasattr(model, "cam_layers") else {}
-    if not layers:
-        raise ValueError(f"{type(model).__name__} exposes no cam_layers() for Grad-CAM")
-    acts: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, layer in layers.items():
-        def fw(_m, _i, o, name=name):
-            o.retain_grad()
-            acts[name] = o
-        hooks.append(layer.register_forward_hook(fw))
-    try:
-        with torch.enable_grad():
-            logits = task.forward(model, batch)
-            model.zero_grad(set_to_none=True)
-            logits[0, cls].backward()
-    finally:
-        for h in hooks:
-            h.remove()
-    size = batch["image"].shape[-2:]
-    out = {}
-    for name, a in acts.items():
-        if a.grad is None:
-            raise ValueError(f"cam layer {name!r} gets no gradient from the class score")
-        A, G = _as_map(a.detach(), model), _as_map(a.grad.detach(), model)
-        cam_ = F.relu((G.mean(dim=(2, 3), keepdim=True) * A).sum(1, keepdim=True))
-        cam_ = F.interpolate(cam_, size=size, mode="bilinear", align_corners=False)[0, 0]
-        lo, hi = cam_.min(), cam_.max()
-        out[name] = ((cam_ - lo) / (hi - lo) if hi > lo else torch.zeros_like(cam_)).numpy()
-    return out
-
-
-def _save_overlay(image: np.ndarray, heat: np.ndarray | None, path: Path, title: str) -> None:
+def _save_overlay(image: np.ndarray, heat: np.ndarray, path: Path, title: str) -> None:
     from matplotlib.figure import Figure
+
+    from glfuse.cam import overlay
 
     fig = Figure(figsize=(3.2, 3.4), dpi=120)
     ax = fig.subplots()
-    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-    if heat is not None:
-        ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    ax.imshow(overlay(image, heat))
     ax.set_title(title, fontsize=8)
     ax.axis("off")
     fig.tight_layout()
@@ -569,7 +538,7 @@ def cam(model_dir: str | Path, case: str, out_dir: str | Path, *, cache: SliceCa
     cls = int(probs.mean(0).argmax())
     j = int(probs[:, cls].argmax())
     one = {k: v[j: j + 1].to(dev) for k, v in batch.items()}
-    maps = _grad_cam(model, task, one, cls)
+    maps = _branch_cams(model, task, one, cls)
     out = Path(out_dir)
     s = int(batch["slice"][j])
     img = batch["image"][j, 0].numpy()
@@ -580,7 +549,13 @@ def cam(model_dir: str | Path, case: str, out_dir: str | Path, *, cache: SliceCa
         p = out / f"{case}_slice{s}_{name}.png"
         _save_overlay(base, heat, p, f"{case} slice {s}: {name} branch, class {names[cls]}")
         files[name] = str(p)
+    from glfuse.cam import save_cam_figure
+
+    fig = out / f"{case}_slice{s}_cam.png"
+    save_cam_figure(fig, img, maps, title=f"{case} slice {s}: class {names[cls]} (p={float(probs[j, cls]):.3f})")
+    files["figure"] = str(fig)
     info = {"case_id": case, "slice": s, "pred": names[cls], "case_probs": dict(zip(names, map(float, probs.mean(0)))),
-            "slice_prob": float(probs[j, cls]), "method": "Grad-CAM on cam_layers() token maps", "files": files}
+            "slice_prob": float(probs[j, cls]), "method": "Grad-CAM (glfuse.cam.grad_cam) on cam_layers() token maps",
+            "files": files}
     save_json(info, out / f"{case}_cam.json")
     return info
