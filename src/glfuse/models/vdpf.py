@@ -23,9 +23,10 @@ The encoder is one module. For speed it runs **once on the concatenated batch** 
 math to two calls, since nothing in the encoder mixes samples -- and its output is split into F_G (first B) and F_L (last
 B); an encoder with BatchNorm (``vdpf_resnet``) is called twice in training mode instead, so each path keeps its own
 batch statistics. Each half then passes through its own identity "tap" module, ``model.tap_global`` /
-``model.tap_local``, so ordinary forward/backward hooks see exactly one branch each: ``model.cam_layers()`` returns ``{"global": tap_global, "local":
-tap_local}`` (token maps [B, N, D]); ``model.tokens_to_map(t)`` turns [B, N, D] into [B, D, h, w] on the encoder's token
-grid (``model.token_grid``). ``model.branch_tokens(image, box_mask)`` returns both maps directly.
+``model.tap_local``, so ordinary forward/backward hooks see exactly one branch each: ``model.cam_layers()`` returns
+``{"global": tap_global, "local": tap_local}`` (token maps [B, N, D]; ``glfuse.cam.grad_cam`` takes them as they are,
+with ``forward=lambda m, x: m(x, box_mask)``); ``model.tokens_to_map(t)`` turns [B, N, D] into [B, D, h, w] on the
+encoder's token grid (``model.token_grid``). ``model.branch_tokens(image, box_mask)`` returns both maps directly.
 """
 
 from __future__ import annotations
