@@ -18,8 +18,16 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
 
 def example_inputs(model: nn.Module, batch: int = 1, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
     """Inputs of the model's default size: ``model.example_inputs(batch)`` if defined, else one [B, C, 224, 224] image."""
+    import inspect
+
     if hasattr(model, "example_inputs"):
         return tuple(t.to(device) for t in model.example_inputs(batch))
+    params = [p for p in inspect.signature(model.forward).parameters.values()
+              if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(params) == 2:  # two-input models: VDPF (image, box mask), MACTFusion (vis_y, ir) — grey, 1 channel each
+        size = getattr(model, "img_size", 256)
+        size = size if isinstance(size, int) else size[0]
+        return tuple(torch.zeros(batch, 1, size, size, device=device) for _ in range(2))
     in_chans = getattr(model, "in_chans", 3)
     size = getattr(model, "img_size", 224)
     size = size if isinstance(size, int) else size[0]
@@ -51,7 +59,10 @@ def model_summary(name: str, flops: bool = True, **kwargs: Any) -> dict[str, Any
     accepts_any = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
     kw = {k: v for k, v in kwargs.items() if accepts_any or k in sig.parameters}
     with torch.device("meta"):
-        model = create_model(name, **kw)
+        try:
+            model = create_model(name, **kw)
+        except TypeError:  # e.g. num_classes for a model without a classifier head (mactfusion)
+            model = create_model(name)
     params = count_params(model)
     inputs = example_inputs(model, 1, "meta")
     gflops = None
