@@ -72,8 +72,11 @@ class BatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` that does not update running statistics a second time during checkpoint recomputation."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and _RECOMPUTE_DEPTH > 0:
-            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        if self.training and _RECOMPUTE_DEPTH > 0 and self.running_mean is not None:
+            # batch statistics as in the first pass; the running-stat update goes to throw-away copies (same saved
+            # tensors as the first pass, which the checkpoint machinery checks)
+            return F.batch_norm(x, self.running_mean.clone(), self.running_var.clone(), self.weight, self.bias, True,
+                                self.momentum if self.momentum is not None else 0.0, self.eps)
         return super().forward(x)
 
 

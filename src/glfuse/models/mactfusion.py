@@ -365,15 +365,15 @@ def _load_official_mactfusion(name: str, state_dict: Mapping[str, torch.Tensor],
     missing = sorted(set(ours) - set(sd))
     unexpected = sorted(set(sd) - set(ours))
     if missing or unexpected:
-        inv = {}
-        for k in state_dict:
-            inv.setdefault(_rename(k), k)
-        miss_official = [f"{inv.get(k, '?')} (ours: {k})" for k in missing]
+        official_name = {_rename(k): k for k in state_dict}
+
+        def show(keys: list[str]) -> str:
+            return f"{keys[:10]}{' …' if len(keys) > 10 else ''}"
+
         raise KeyError(
-            f"{name}: checkpoint does not match the official MACTFusion layout: "
-            f"{len(missing)} missing key(s) {miss_official[:10]}{' …' if len(missing) > 10 else ''}; "
-            f"{len(unexpected)} unexpected key(s) {[inv.get(k, k) for k in unexpected][:10]}"
-            f"{' …' if len(unexpected) > 10 else ''}")
+            f"{name}: checkpoint does not match the official MACTFusion layout: {len(missing)} missing key(s) "
+            f"(our names) {show(missing)}; {len(unexpected)} unexpected key(s) (checkpoint names) "
+            f"{show([official_name.get(k, k) for k in unexpected])}")
     bad = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(ours[k].shape)}"
            for k in ours if sd[k].shape != ours[k].shape]
     if bad:
