@@ -47,8 +47,20 @@ def test_fit_writes_run_dir_and_refuses_to_clobber(tmp_path):
         assert (run / f).is_file(), f
     log = json.loads((run / "log.json").read_text())
     assert [r["epoch"] for r in log] == [1, 2, 3] and "val_acc" in log[0]
+    best_cfg = json.loads((run / "best" / "config.json").read_text())
+    best_epoch = max(log, key=lambda r: r["val_acc"])["epoch"]
+    assert best_cfg["epoch"] == best_epoch and best_cfg["monitor"] == "acc"
     with pytest.raises(FileExistsError, match="resume"):
         fit(TinyNet(), TinyTask(), Blobs(), None, _cfg(), run)
+
+
+def test_resume_recovers_from_crash_between_directory_swaps(tmp_path):
+    run = tmp_path / "run"
+    fit(TinyNet(), TinyTask(), Blobs(), None, _cfg(epochs=1), run)
+    (run / "last").rename(run / "last.old")  # as if killed between the two renames
+    s = fit(TinyNet(), TinyTask(), Blobs(), None, _cfg(epochs=2), run, resume=True)
+    assert s["epochs_run"] == 2 and (run / "last" / "training_state.pt").is_file()
+    assert not (run / "last.old").exists()
 
 
 def test_resume_after_kill_reaches_same_weights(tmp_path):

@@ -406,7 +406,9 @@ def fit(
     seed_everything(cfg.seed + rank, cfg.deterministic)
     last_dir = run_dir / "last"
     state_path = last_dir / "training_state.pt"
-    if not resume and (last_dir / WEIGHTS_NAME).exists():
+    if resume and not last_dir.exists() and (run_dir / "last.old").exists():
+        os.replace(run_dir / "last.old", last_dir)  # crashed between the two renames of _save_last
+    if not resume and (last_dir.exists() or (run_dir / "last.old").exists()):
         raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume or choose another --output")
     if resume and not state_path.exists():
         raise FileNotFoundError(f"{state_path}: nothing to resume (no completed epoch saved in {run_dir})")
@@ -517,24 +519,22 @@ def fit(
                     f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
                     + f"  ({row['train_time_s']:.0f} s, {row['train_samples_per_s']:.1f} samples/s)"
                     + ("  *best*" if improved and val_ds is not None else ""))
-            if main:
-                if improved:
-                    save_model(base, run_dir / "best", extra={**(model_extra or {}), "epoch": epoch + 1,
-                                                               "monitor": cfg.monitor, "best": best})
-                if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
-                    save_model(base, run_dir / f"epoch_{epoch + 1}", extra=model_extra)
-                _write_logs(run_dir, history)
-                for cb in callbacks:
-                    cb(epoch, row)
             stop = cfg.early_stop_patience is not None and bad_evals >= cfg.early_stop_patience
             rngs = _gather_rng()
             if main:
-                # weights first, then the state that points at them: a crash between the two resumes one epoch earlier
-                save_model(base, last_dir, extra={**(model_extra or {}), "epoch": epoch + 1})
-                save_training_state({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                     "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                                     "epoch": epoch, "best": best, "bad_evals": bad_evals, "history": history,
-                                     "rng": rngs, "world_size": world}, state_path)
+                _write_logs(run_dir, history)
+                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                         "epoch": epoch, "best": best, "bad_evals": bad_evals, "history": history,
+                         "rng": rngs, "world_size": world}
+                _save_last(base, run_dir, {**(model_extra or {}), "epoch": epoch + 1}, state)
+                # best/ and epoch_N/ share last/'s weights file by hard link (one 0.5 GB write per epoch, not two)
+                if improved:
+                    _publish(last_dir, run_dir / "best", {"monitor": cfg.monitor, "best": best})
+                if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
+                    _publish(last_dir, run_dir / f"epoch_{epoch + 1}", {})
+                for cb in callbacks:
+                    cb(epoch, row)
             if world > 1:
                 dist.barrier()
             bar.remove_task(job)
@@ -546,6 +546,42 @@ def fit(
     if main:
         save_json(summary, run_dir / "summary.json")
     return summary
+
+
+def _save_last(model: nn.Module, run_dir: Path, extra: dict[str, Any], state: dict[str, Any]) -> None:
+    """Weights + training state into ``last.tmp/``, then swap directories, so ``last/`` is always one consistent pair."""
+    import shutil
+
+    tmp, last, old = run_dir / "last.tmp", run_dir / "last", run_dir / "last.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp, extra=extra)
+    save_training_state(state, tmp / "training_state.pt")
+    shutil.rmtree(old, ignore_errors=True)
+    if last.exists():
+        os.replace(last, old)
+    os.replace(tmp, last)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _publish(src: Path, dst: Path, extra: dict[str, Any]) -> None:
+    """Expose ``src``'s weights as ``dst/`` (hard link when possible, else copy) with its config plus ``extra``."""
+    import json
+    import shutil
+
+    from glfuse.checkpoint import CONFIG_NAME
+
+    dst.mkdir(parents=True, exist_ok=True)
+    tmp = dst / f".{WEIGHTS_NAME}.tmp"
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src / WEIGHTS_NAME, tmp)
+    except OSError:
+        shutil.copyfile(src / WEIGHTS_NAME, tmp)
+    os.replace(tmp, dst / WEIGHTS_NAME)
+    cfg = json.loads((src / CONFIG_NAME).read_text())
+    cfg.update(extra)
+    save_json(cfg, dst / CONFIG_NAME)
 
 
 def _gather_rng() -> list[dict[str, Any]]:
