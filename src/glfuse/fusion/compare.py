@@ -32,7 +32,9 @@ def _fmt(v: float, digits: int = 4) -> str:
     if isinstance(v, float) and math.isinf(v):
         return "inf" if v > 0 else "-inf"
     a = abs(v)
-    if a != 0 and (a >= 1000 or a < 1e-3):
+    if a >= 1000:
+        return f"{v:.1f}"
+    if a != 0 and a < 1e-3:
         return f"{v:.4g}"
     return f"{v:.{digits}f}"
 
