@@ -403,6 +403,7 @@ class HiFuse(nn.Module):
     # ---------------------------------------------------------------------------------------------------- forward
     def forward_branches(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """All stage outputs: ``(L_1..L_4, G_1..G_4, F_1..F_4)``, each ``[B, C_i, H/2^(i+1), W/2^(i+1)]``."""
+        # deviation: the official forward is hard-wired to 224² (fixed 56/28/14/7 grids); any multiple of 32 works here
         if x.shape[-2] % self.reduction or x.shape[-1] % self.reduction:
             raise ValueError(f"HiFuse needs input sides that are multiples of {self.reduction}, got {tuple(x.shape[-2:])}")
         if self.channels_last:

@@ -296,6 +296,7 @@ class GLFM(nn.Module):
         self.need_ls = "local" in self.features or (cross and not swap_cross)
         # Self-attention qkv without bias, proj with bias: official Attention_ori (the paper is silent).
         self.sa_global = Attention(dim, num_heads, qkv_bias=False) if self.need_gs else None
+        # Post-norm LayerNorm after each self-attention residual: the official choice (the paper is silent).
         self.norm_global = nn.LayerNorm(dim) if self.need_gs else None
         self.sa_local = Attention(dim, num_heads, qkv_bias=False) if self.need_ls else None
         self.norm_local = nn.LayerNorm(dim) if self.need_ls else None
@@ -461,6 +462,7 @@ class VDPF(nn.Module):
             self.ca = _TokenCoordinateAttention(embed_dim, self.token_grid, k, ca_reduction)
         else:
             self.fffn = None  # vdpf_cat: F_C straight to the head
+        # deviation: the official code also builds MLP_att_out (7.08 M parameters) and never uses it; we do not build it
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes)
         # GLFM / FFFN / head keep PyTorch default initialisation, as the official code (only the backbone is timm-initialised).
