@@ -18,6 +18,15 @@ CKPT = "mactfusion_ct_mri_official.pth"
 GOLDEN_FILES = sorted(p.name for p in (SHARED / GOLDEN).glob("*.npz")) or ["(../shared absent)"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # The tensors here are small and the CPU is shared: one thread avoids per-op thread synchronisation stalls.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def official_sd() -> dict[str, torch.Tensor]:
     return read_state_dict(shared_path(GOLDEN, CKPT))
