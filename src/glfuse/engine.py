@@ -458,6 +458,7 @@ def fit(
             sampler.set_epoch(epoch)
             ddp_model.train()
             t0 = time.perf_counter()
+            epoch_lr = opt.param_groups[0]["lr"]  # logged: the lr this epoch starts with (per-iteration schedules move on)
             n_seen, loss_sum, extra_sum = 0, 0.0, {}
             job = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=iters_per_epoch, info="")
             opt.zero_grad(set_to_none=True)
@@ -494,7 +495,7 @@ def fit(
                                                 f"{n_seen * world / max(dt, 1e-9):.1f} img/s")
             train_time = time.perf_counter() - t0
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_seen, 1),
-                                   "lr": opt.param_groups[0]["lr"], "train_time_s": round(train_time, 3),
+                                   "lr": epoch_lr, "train_time_s": round(train_time, 3),
                                    "train_samples_per_s": round(n_seen * world / max(train_time, 1e-9), 3)}
             row.update({f"train_{k}": v / max(n_seen, 1) for k, v in extra_sum.items()})
             improved = False

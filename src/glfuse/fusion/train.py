@@ -40,6 +40,8 @@ DEFAULT_VAL_METRICS = ["EN", "SD", "SF", "MI", "Qabf", "SSIM"]
 class FusionModelConfig:
     name: str = "mactfusion"
     args: dict = field(default_factory=dict)
+    # Recompute block activations in backward: batch 4 at 256² peaks at ~3 GiB instead of ~12-14.5 GiB (same maths).
+    grad_checkpointing: bool = True
 
 
 @dataclass
@@ -228,6 +230,8 @@ def train(cfg: FusionConfig, run_dir: str | Path, *, resume: bool = False, overw
     if val_ds is not None and cfg.train.monitor not in cfg.metrics:
         raise ValueError(f"config key 'train.monitor': {cfg.train.monitor!r} is not in metrics {cfg.metrics}")
     model = create_model(cfg.model.name, **cfg.model.args)
+    if hasattr(model, "set_grad_checkpointing"):
+        model.set_grad_checkpointing(cfg.model.grad_checkpointing)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
