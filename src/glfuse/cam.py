@@ -170,7 +170,7 @@ def overlay(image: Any, heatmap: Any, alpha: float = 0.45, cmap: str = "jet") ->
     img = img.clamp(0, 1).numpy()
     h = torch.as_tensor(heatmap).detach().float().cpu().clamp(0, 1).numpy()
     colour = colormaps[cmap](h)[..., :3]
-    return (1 - alpha) * img + alpha * colour
+    return np.clip((1 - alpha) * img + alpha * colour, 0.0, 1.0)  # float rounding can exceed 1 by 1e-8
 
 
 def save_cam_figure(path: str | Path, image: Any, maps: Mapping[str, Any], *, title: str | None = None,
