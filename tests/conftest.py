@@ -26,3 +26,15 @@ def shared_path(*parts: str) -> Path:
 def shared():
     """Fixture form of :func:`shared_path`."""
     return shared_path
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Every test starts from the same RNG state, so results do not depend on test order."""
+    import random
+
+    import numpy as np
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
