@@ -34,17 +34,11 @@ def read_grey(path: str | Path) -> np.ndarray:
 
 
 def list_images(folder: str | Path) -> dict[str, Path]:
-    """Map stem → path for the image files directly in ``folder``; duplicate stems (a.png, a.jpg) are an error."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"not a directory: {folder}")
-    out: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            if p.stem in out:
-                raise ValueError(f"ambiguous image name {p.stem!r} in {folder}: {out[p.stem].name} and {p.name}")
-            out[p.stem] = p
-    return out
+    """Map stem → path for the 8-bit image files (PNG/JPG/TIFF/BMP) directly in ``folder``; duplicate stems are an
+    error. The listing itself is :func:`glfuse.fusion.io.list_images`."""
+    from glfuse.fusion.io import list_images as _list_all
+
+    return {s: p for s, p in _list_all(folder).items() if p.suffix.lower() in IMAGE_SUFFIXES}
 
 
 def pair_by_stem(
