@@ -95,6 +95,21 @@ class CheckpointMixin:
 # SD-Conv
 
 
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(scale, shift)`` of an eval-mode BatchNorm: ``bn(x) == x·scale + shift``."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias)`` for a 1×1 kernel; a single matmul on the token view when ``x`` is channels-last
+    (the CPU 1×1 conv kernel is several times slower). Returns a channels-last ``[B, Cout, H, W]``."""
+    if not x.is_contiguous(memory_format=torch.channels_last) or x.dim() != 4:
+        return F.conv2d(x, weight, bias)
+    t = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)
+    return t.permute(0, 3, 1, 2)
+
+
 class SimAM(nn.Module):
     """Parameter-free SimAM attention: ``x · σ((x−μ)² / (4·(Σ(x−μ)²/(HW−1) + λ)) + 0.5)`` per sample and channel."""
 
@@ -125,10 +140,25 @@ class SDConv(nn.Module):
         self.proj = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (not (self.training or torch.is_grad_enabled()) and x.is_contiguous(memory_format=torch.channels_last)
+                and self.norm.running_var is not None):
+            return self._forward_eval(x)
         z = self.norm(x)
         t = self.pw_norm(self.pw(F.gelu(self.dw_norm(self.dw(z)))))
         # quirk: timm's DepthwiseSeparableConv skip adds the BN-normalised input z (not x); the outer skip adds x.
         return x + self.proj(self.simam(t + z))
+
+    def _forward_eval(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: eval BatchNorms folded into the depthwise / pointwise convs (same maths up to float rounding),
+        1×1 convs as matmuls on the channels-last token view."""
+        s0, b0 = bn_affine(self.norm)
+        z = x * s0.view(1, -1, 1, 1) + b0.view(1, -1, 1, 1)
+        s1, b1 = bn_affine(self.dw_norm)
+        u = F.conv2d(z, self.dw.weight * s1.view(-1, 1, 1, 1), b1, 1, 1, 1, self.dw.groups)
+        u = F.gelu(u)
+        s2, b2 = bn_affine(self.pw_norm)
+        t = conv1x1(u, self.pw.weight * s2.view(-1, 1, 1, 1), b2)
+        return conv1x1(self.simam(t.add_(z)), self.proj.weight, self.proj.bias).add_(x)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -190,7 +220,7 @@ class _PartitionMixin:
     partition: int
     # tokens per chunk without autograd: bounds inference memory on very large images. Small (cache-sized) chunks were
     # measured to be much slower on CPU (per-op threading overhead), so 256² images run as one chunk.
-    chunk_tokens: int = 1 << 18
+    chunk_tokens: int = 4096
 
     def _view6(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         """6-D view of ``x`` and the index of the dimension that enumerates rows of groups (the chunked one)."""

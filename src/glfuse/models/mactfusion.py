@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glfuse.layers.maxvit import CheckpointMixin, CrossMaxViTBlock, MaxViTBlock, relative_position_index
+from glfuse.layers.maxvit import CheckpointMixin, CrossMaxViTBlock, MaxViTBlock, conv1x1, relative_position_index
 from glfuse.registry import register_model, register_official
 
 __all__ = [
@@ -160,8 +160,9 @@ class GRDB(nn.Module):
         c = x.shape[1]
         gx, gy = F.conv2d(x, self.sobel_x, padding=1, groups=c), F.conv2d(x, self.sobel_y, padding=1, groups=c)
         g = gx.abs() + gy.abs() if torch.is_grad_enabled() else gx.abs_().add_(gy.abs_())
-        out = self.fuse(x2)
-        out = out + self.grad_proj(g) if torch.is_grad_enabled() else out.add_(self.grad_proj(g))
+        out = conv1x1(x2, self.fuse.weight, self.fuse.bias)  # 1×1 convs as matmuls on the channels-last tokens
+        proj = conv1x1(g, self.grad_proj.weight, self.grad_proj.bias)
+        out = out + proj if torch.is_grad_enabled() else out.add_(proj)
         return F.leaky_relu(out, 0.1, inplace=True)
 
 
@@ -201,7 +202,7 @@ class CrossModalityFusion(CheckpointMixin, nn.Module):
     def _gated(self, f1: torch.Tensor, f2: torch.Tensor, fc: torch.Tensor) -> torch.Tensor:
         # quirk: the gate is a learned 1-channel projection of the *other* modality's features F2 (slides: sigmoid(F1)),
         # and it multiplies F1 + F̃c (slides: F̃c only).
-        return f1 + torch.sigmoid(self.gate(f2)) * (f1 + fc)
+        return f1 + torch.sigmoid(conv1x1(f2, self.gate.weight, self.gate.bias)) * (f1 + fc)
 
     def forward(self, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
         """``f1`` own branch, ``f2`` other branch, both ``[B, C, H, W]``."""
@@ -222,7 +223,8 @@ class ReconLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pad:
             x = F.pad(x, (self.pad,) * 4, mode="reflect")
-        return F.leaky_relu(self.conv(x), 0.1)
+            return F.leaky_relu(self.conv(x), 0.1)
+        return F.leaky_relu(conv1x1(x, self.conv.weight, self.conv.bias), 0.1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
