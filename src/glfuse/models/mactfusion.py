@@ -180,6 +180,8 @@ class SAFM(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return self._forward_eval(f1, f2)
         s = F.gelu(self.shared(torch.cat([f1, f2], dim=1)))
         n = f1.shape[2] * f1.shape[3]
         mean1 = f1.mean(dim=(2, 3), keepdim=True)
@@ -188,6 +190,19 @@ class SAFM(nn.Module):
         # InstanceNorm2d(affine=False, eps=1e-5); two-pass statistics (torch.var_mean's Welford pass is ~10× slower)
         f2n = f2c * torch.rsqrt(f2c.square().sum(dim=(2, 3), keepdim=True).div(n) + 1e-5)
         return f2n * (self.gamma(s) + std1) + (self.beta(s) + mean1)
+
+    def _forward_eval(self, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
+        """Inference (no autograd): same maths as :meth:`forward`, γ/β convs as one conv, in-place elementwise ops."""
+        s = F.gelu(self.shared(torch.cat([f1, f2], dim=1)))
+        c = f1.shape[1]
+        gb = F.conv2d(s, torch.cat([self.gamma.weight, self.beta.weight]), torch.cat([self.gamma.bias, self.beta.bias]),
+                      padding=1)
+        n = f1.shape[2] * f1.shape[3]
+        mean1 = f1.mean(dim=(2, 3), keepdim=True)
+        std1 = (f1 - mean1).square_().sum(dim=(2, 3), keepdim=True).div_(n - 1).sqrt_()
+        f2c = f2 - f2.mean(dim=(2, 3), keepdim=True)
+        f2n = f2c.mul_(torch.rsqrt(f2c.square().sum(dim=(2, 3), keepdim=True).div_(n).add_(1e-5)))
+        return f2n.mul_(gb[:, :c].add_(std1)).add_(gb[:, c:].add_(mean1))
 
 
 class CrossModalityFusion(CheckpointMixin, nn.Module):
