@@ -119,9 +119,11 @@ class SimAM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[2] * x.shape[3] - 1
-        d = (x - x.mean(dim=(2, 3), keepdim=True)).square()
+        grad = torch.is_grad_enabled()
+        d = x - x.mean(dim=(2, 3), keepdim=True)
+        d = d.square() if grad else d.square_()
         inv = 1.0 / (4 * (d.sum(dim=(2, 3), keepdim=True) / n + self.lam))
-        if torch.is_grad_enabled():
+        if grad:
             return x * torch.sigmoid(d * inv + 0.5)
         return d.mul_(inv).add_(0.5).sigmoid_().mul_(x)  # same maths, in place (inference)
 
@@ -152,10 +154,10 @@ class SDConv(nn.Module):
         """Inference: eval BatchNorms folded into the depthwise / pointwise convs (same maths up to float rounding),
         1×1 convs as matmuls on the channels-last token view."""
         s0, b0 = bn_affine(self.norm)
-        z = x * s0.view(1, -1, 1, 1) + b0.view(1, -1, 1, 1)
+        z = (x * s0.view(1, -1, 1, 1)).add_(b0.view(1, -1, 1, 1))
         s1, b1 = bn_affine(self.dw_norm)
         u = F.conv2d(z, self.dw.weight * s1.view(-1, 1, 1, 1), b1, 1, 1, 1, self.dw.groups)
-        u = F.gelu(u)
+        u = torch.ops.aten.gelu_(u)  # fresh tensors are updated in place: fewer large allocations (page faults)
         s2, b2 = bn_affine(self.pw_norm)
         t = conv1x1(u, self.pw.weight * s2.view(-1, 1, 1, 1), b2)
         return conv1x1(self.simam(t.add_(z)), self.proj.weight, self.proj.bias).add_(x)
@@ -255,7 +257,9 @@ class _PartitionMixin:
         """Tokens of the group rows ``sl`` as ``[groups, p², C]``."""
         part = x6[:, sl] if dim == 1 else x6[:, :, sl]
         part = part.permute(self._perm())
-        return part.reshape(-1, self.partition * self.partition, part.shape[-1])
+        part = part.reshape(-1, self.partition * self.partition, part.shape[-1])
+        # a fresh copy: the token blocks update it in place (a view happens when there is a single group row/column)
+        return part.clone() if part._is_view() else part
 
     def _put(self, out6: torch.Tensor, dim: int, sl: slice, y: torch.Tensor, x6: torch.Tensor) -> None:
         b = x6.shape[0]
@@ -288,11 +292,14 @@ class _AttentionBlockBase(_PartitionMixin, nn.Module):
         t = _residual(t, self.attn(self.norm1(t), bias, self.scale))
         return _residual(t, self.mlp(self.norm2(t)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ``[B, H, W, C]`` with H, W multiples of the partition size; returns the same shape."""
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """``x``: ``[B, H, W, C]`` with H, W multiples of the partition size; returns the same shape.
+
+        ``inplace`` (inference only): write the result into ``x`` (each chunk reads its own tokens before writing them).
+        """
         x = x.contiguous()
         x6, dim = self._view6(x)
-        out = torch.empty_like(x)
+        out = x if inplace and not torch.is_grad_enabled() else torch.empty_like(x)
         out6, _ = self._view6(out)
         bias = self.attn.rel_pos()
         for sl in self._chunks(x):
@@ -367,13 +374,16 @@ class _CrossAttentionBlockBase(_PartitionMixin, nn.Module):
         t = _residual(tq, self.attn(self.norm1(tq), self.norm1(tkv), bias, self.scale))
         return _residual(t, self.mlp(self.norm2(t)))
 
-    def forward(self, xq: torch.Tensor, xkv: torch.Tensor) -> torch.Tensor:
-        """``xq`` (queries, residual stream) and ``xkv`` (keys/values): ``[B, H, W, C]``; returns ``xq``'s shape."""
+    def forward(self, xq: torch.Tensor, xkv: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """``xq`` (queries, residual stream) and ``xkv`` (keys/values): ``[B, H, W, C]``; returns ``xq``'s shape.
+
+        ``inplace`` (inference only): write the result into ``xq``.
+        """
         xq = xq.contiguous()
         xkv = xkv.contiguous()
         q6, dim = self._view6(xq)
         kv6, _ = self._view6(xkv)
-        out = torch.empty_like(xq)
+        out = xq if inplace and not torch.is_grad_enabled() else torch.empty_like(xq)
         out6, _ = self._view6(out)
         bias = self.attn.rel_pos()
         for sl in self._chunks(xq):
@@ -418,6 +428,8 @@ class MaxViTBlock(CheckpointMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = _to_tokens(self._run(self.sdconv, x))
+        if not torch.is_grad_enabled():  # t is a fresh tensor: update it in place
+            return _to_map(self.grid(self.window(t, True), True))
         t = self._run(self.window, t)
         t = self._run(self.grid, t)
         return _to_map(t)
@@ -437,6 +449,8 @@ class CrossMaxViTBlock(CheckpointMixin, nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         q = _to_tokens(self._run(self.sdconv_q, x))
         kv = _to_tokens(self._run(self.sdconv_kv, y))
+        if not torch.is_grad_enabled():  # q is a fresh tensor: update it in place
+            return _to_map(self.grid(self.window(q, kv, True), kv, True))
         t = self._run(self.window, q, kv)
         t = self._run(self.grid, t, kv)
         return _to_map(t)

@@ -193,7 +193,7 @@ class SAFM(nn.Module):
 
     def _forward_eval(self, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
         """Inference (no autograd): same maths as :meth:`forward`, γ/β convs as one conv, in-place elementwise ops."""
-        s = F.gelu(self.shared(torch.cat([f1, f2], dim=1)))
+        s = torch.ops.aten.gelu_(self.shared(torch.cat([f1, f2], dim=1)))
         c = f1.shape[1]
         gb = F.conv2d(s, torch.cat([self.gamma.weight, self.beta.weight]), torch.cat([self.gamma.bias, self.beta.bias]),
                       padding=1)
