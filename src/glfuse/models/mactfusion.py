@@ -24,13 +24,16 @@ Differences from the official code that do not change the maths: ``forward(vis_y
 uses only its channel 0; any H, W are accepted (reflect-padded to a multiple of 8, output cropped back); the 31×31
 grouped convolution is computed with float64 FFTs (the default NCHW kernel takes ~9 s per 256² image on CPU);
 feature maps are kept channels-last and attention uses ``scaled_dot_product_attention``; optional activation
-checkpointing (:meth:`MACTFusion.set_grad_checkpointing`) for training memory.
+checkpointing (:meth:`MACTFusion.set_grad_checkpointing`) for training memory. Without autograd, eval BatchNorms are
+folded into the SD-Conv convolutions, 1×1 convs run as matmuls on the channels-last tokens, fresh tensors are updated in
+place, and with ≥ 2 intra-op threads the two branches run side by side (:attr:`MACTFusion.parallel_branches`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -246,6 +249,37 @@ class ReconLayer(nn.Module):
 # network
 
 
+def _side_by_side(fa: Callable[[], torch.Tensor], fb: Callable[[], torch.Tensor],
+                  n_threads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(fa(), fb())`` computed concurrently in two threads with ``n_threads // 2`` intra-op threads each.
+
+    ``torch.set_num_threads`` is process-wide: it is lowered for the duration of the call and restored afterwards.
+    """
+    half = max(1, n_threads // 2)
+    inference = torch.is_inference_mode_enabled()  # grad / inference mode are thread-local: carried to the worker
+    out: list[Any] = [None, None]
+    err: list[BaseException] = []
+
+    def work(i: int, fn: Callable[[], torch.Tensor]) -> None:
+        try:
+            torch.set_num_threads(half)
+            with torch.inference_mode(inference), torch.no_grad():
+                out[i] = fn()
+        except BaseException as e:  # re-raised in the caller
+            err.append(e)
+
+    worker = threading.Thread(target=work, args=(0, fa))
+    try:
+        worker.start()
+        work(1, fb)
+        worker.join()
+    finally:
+        torch.set_num_threads(n_threads)
+    if err:
+        raise err[0]
+    return out[0], out[1]
+
+
 class MACTFusion(CheckpointMixin, nn.Module):
     """MACTFusion fusion network: ``forward(vis_y, ir) -> fused Y`` (raw, not clamped), ``[B, 1, H, W]`` each.
 
@@ -273,6 +307,9 @@ class MACTFusion(CheckpointMixin, nn.Module):
                   self.vis_fusion, self.ir_fusion, self.decoder):
             m.to(memory_format=torch.channels_last)
         self.set_grad_checkpointing(grad_checkpointing)
+
+    #: inference with ≥ 2 intra-op threads: run the two branches in two Python threads (see :func:`_side_by_side`)
+    parallel_branches: bool = True
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in backward (timm-style flag): ~3× less training memory, ~1.3× slower."""
@@ -303,9 +340,18 @@ class MACTFusion(CheckpointMixin, nn.Module):
                 t = F.pad(t, (0, pw, 0, ph), mode=mode)
             return t.contiguous(memory_format=torch.channels_last)
 
-        f_vis = self._branch(prep(vis_y), "vis")
-        f_ir = self._branch(prep(ir), "ir")
-        fused = torch.cat([self.vis_fusion(f_vis, f_ir), self.ir_fusion(f_ir, f_vis)], dim=1)
+        n_threads = torch.get_num_threads()
+        if self.parallel_branches and n_threads >= 2 and not torch.is_grad_enabled():
+            # the two branches (and the two fusion modules) are independent: run them side by side, each with half of
+            # the intra-op threads (small ops scale badly across threads). Same ops, same results.
+            f_vis, f_ir = _side_by_side(lambda: self._branch(prep(vis_y), "vis"),
+                                        lambda: self._branch(prep(ir), "ir"), n_threads)
+            fused = torch.cat(_side_by_side(lambda: self.vis_fusion(f_vis, f_ir),
+                                            lambda: self.ir_fusion(f_ir, f_vis), n_threads), dim=1)
+        else:
+            f_vis = self._branch(prep(vis_y), "vis")
+            f_ir = self._branch(prep(ir), "ir")
+            fused = torch.cat([self.vis_fusion(f_vis, f_ir), self.ir_fusion(f_ir, f_vis)], dim=1)
         out = self._run(self.decoder, fused)
         return out[:, :, :h, :w] if (ph or pw) else out
 
