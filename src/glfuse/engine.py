@@ -59,6 +59,7 @@ __all__ = [
     "is_main_process",
     "get_device",
     "ShardSampler",
+    "progress_bar",
 ]
 
 
@@ -292,7 +293,8 @@ def _set_rng_state(st: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def _progress(enabled: bool):
+def progress_bar(enabled: bool = True):
+    """The rich progress bar every long glfuse job uses (task field ``info`` shows running figures)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -338,7 +340,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     chunks: dict[str, list[torch.Tensor]] = {}
-    with _progress(progress and is_main_process()) as bar:
+    with progress_bar(progress and is_main_process()) as bar:
         t = bar.add_task(description, total=len(loader), info="")
         for batch in loader:
             out = task.predict_step(model, _to_device(batch, device))
@@ -453,7 +455,7 @@ def fit(
         run_dir.mkdir(parents=True, exist_ok=True)
 
     stopped_early = False
-    with _progress(cfg.progress and main) as bar:
+    with progress_bar(cfg.progress and main) as bar:
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
             ddp_model.train()

@@ -298,16 +298,8 @@ def fuse_folder(
     """
     import time
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from glfuse.checkpoint import save_json
+    from glfuse.engine import progress_bar
 
     fuser = load_fusion_model(model, weights=weights)
     pairs = _pairs_for(a, b, allow_unmatched)
@@ -326,10 +318,8 @@ def fuse_folder(
     a_mri = key in MRI_NAMES
     out_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
-    columns = (TextColumn("[bold]fuse " + fuser.name), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-    with Progress(*columns, disable=not progress) as bar:
-        job = bar.add_task("fuse", total=len(pairs), info="")
+    with progress_bar(progress) as bar:
+        job = bar.add_task("fuse " + fuser.name, total=len(pairs), info="")
         for (stem, pa, pb), target in zip(pairs, targets):
             (a_arr, a_col), (b_arr, b_col) = read_pair(pa, pb, resize=resize)
             mri, oth = ((a_arr, a_col), (b_arr, b_col)) if a_mri else ((b_arr, b_col), (a_arr, a_col))
