@@ -273,40 +273,6 @@ class _PartitionMixin:
             out6[:, :, sl] = y
 
 
-class _AttentionBlockBase(_PartitionMixin, nn.Module):
-    """Pre-norm transformer sub-block on partitioned tokens (shared code of the self-attention blocks)."""
-
-    def __init__(self, dim: int, num_heads: int = 4, partition: int = 8, mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        self.dim = dim
-        self.num_heads = num_heads
-        self.partition = partition
-        # quirk (official MaxViT code): scale = num_heads**-0.5 (0.5), not head_dim**-0.5; the weights expect it.
-        self.scale = num_heads**-0.5
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, num_heads, partition)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-
-    def _tokens(self, t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        t = _residual(t, self.attn(self.norm1(t), bias, self.scale))
-        return _residual(t, self.mlp(self.norm2(t)))
-
-    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        """``x``: ``[B, H, W, C]`` with H, W multiples of the partition size; returns the same shape.
-
-        ``inplace`` (inference only): write the result into ``x`` (each chunk reads its own tokens before writing them).
-        """
-        x = x.contiguous()
-        x6, dim = self._view6(x)
-        out = x if inplace and not torch.is_grad_enabled() else torch.empty_like(x)
-        out6, _ = self._view6(out)
-        bias = self.attn.rel_pos()
-        for sl in self._chunks(x):
-            self._put(out6, dim, sl, self._tokens(self._take(x6, dim, sl), bias), x6)
-        return out
-
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention over one partition group with relative position bias (official ``qkv_mapping``)."""
 
@@ -342,6 +308,42 @@ class CrossAttention(nn.Module):
         return self.proj(_attend(q, k, v, bias, scale))
 
 
+class _AttentionBlockBase(_PartitionMixin, nn.Module):
+    """Pre-norm transformer sub-block on partitioned tokens (shared code of the self-attention blocks)."""
+
+    attn_cls: type[nn.Module] = SelfAttention
+
+    def __init__(self, dim: int, num_heads: int = 4, partition: int = 8, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.num_heads = num_heads
+        self.partition = partition
+        # quirk (official MaxViT code): scale = num_heads**-0.5 (0.5), not head_dim**-0.5; the weights expect it.
+        self.scale = num_heads**-0.5
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = self.attn_cls(dim, num_heads, partition)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def _tokens(self, t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        t = _residual(t, self.attn(self.norm1(t), bias, self.scale))
+        return _residual(t, self.mlp(self.norm2(t)))
+
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """``x``: ``[B, H, W, C]`` with H, W multiples of the partition size; returns the same shape.
+
+        ``inplace`` (inference only): write the result into ``x`` (each chunk reads its own tokens before writing them).
+        """
+        x = x.contiguous()
+        x6, dim = self._view6(x)
+        out = x if inplace and not torch.is_grad_enabled() else torch.empty_like(x)
+        out6, _ = self._view6(out)
+        bias = self.attn.rel_pos()
+        for sl in self._chunks(x):
+            self._put(out6, dim, sl, self._tokens(self._take(x6, dim, sl), bias), x6)
+        return out
+
+
 class WindowAttentionBlock(_AttentionBlockBase):
     """MaxViT block attention: self-attention inside non-overlapping 8×8 windows, then MLP (pre-norm, residual)."""
 
@@ -354,20 +356,13 @@ class GridAttentionBlock(_AttentionBlockBase):
     mode = "grid"
 
 
-class _CrossAttentionBlockBase(_PartitionMixin, nn.Module):
-    """Cross transformer sub-block: ``t = Q + attn(LN1(Q), LN1(KV))``; ``t + MLP(LN2(t))`` (one LN1 for both)."""
+class _CrossAttentionBlockBase(_AttentionBlockBase):
+    """Cross transformer sub-block: ``t = Q + attn(LN1(Q), LN1(KV))``; ``t + MLP(LN2(t))`` (one LN1 for both).
 
-    def __init__(self, dim: int, num_heads: int = 4, partition: int = 8, mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        self.dim = dim
-        self.num_heads = num_heads
-        self.partition = partition
-        # quirk (official code): scale = num_heads**-0.5 (0.5), not head_dim**-0.5.
-        self.scale = num_heads**-0.5
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = CrossAttention(dim, num_heads, partition)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+    Same layers as the self-attention sub-block (incl. the num_heads**-0.5 scale quirk), with cross-attention.
+    """
+
+    attn_cls = CrossAttention
 
     def _tokens(self, tq: torch.Tensor, tkv: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         # quirk (official code): queries and keys/values are normalised by the same LayerNorm (norm_1).
