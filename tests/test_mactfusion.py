@@ -149,6 +149,16 @@ def test_window_and_grid_attention_against_naive_reference(cls, mode):
         out_grad_path = block(x)
     assert (out - ref).abs().max() < 1e-4
     assert (out_grad_path - ref).abs().max() < 1e-4
+    # training path (explicit attention map): same gradients as the reference, the relative-position table included
+    g = torch.randn_like(x)
+    grads = []
+    for fn in (block, lambda t: _naive_partition_attention(block, t, mode)):
+        block.zero_grad(set_to_none=True)
+        (fn(x) * g).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in block.named_parameters()})
+    assert grads[0]["attn.rel_pos.relative_position_bias_table"].abs().sum() > 0
+    for name, ref_grad in grads[1].items():
+        assert torch.allclose(grads[0][name], ref_grad, rtol=1e-4, atol=1e-5), name
 
 
 def test_grad_checkpointing_same_gradients_and_batchnorm_counts_once():

@@ -10,7 +10,7 @@ Layout conventions (chosen for CPU speed, the maths is unchanged):
   the result is written back once. Without autograd the partitions are processed in chunks that fit the CPU caches.
 
 Attention uses :func:`torch.nn.functional.scaled_dot_product_attention` with the relative position bias as additive
-mask (no ``[windows, heads, 64, 64]`` map is kept for backward).
+mask when the bias needs no gradient (inference); in training the attention map is computed explicitly (see ``_attend``).
 
 Activation checkpointing: :func:`checkpoint_call` wraps :func:`torch.utils.checkpoint.checkpoint` (non-reentrant) and
 marks the recomputation, during which :class:`BatchNorm2d` uses batch statistics without updating its running
@@ -204,9 +204,16 @@ class RelativePositionBias(nn.Module):
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
-    # q, k, v: [Bn, heads, N, hd]; bias [heads, N, N] -> [Bn, N, heads*hd]. A 4-D mask selects the fused (flash)
-    # CPU kernel; a 3-D one falls back to the unfused maths path that materialises the attention map.
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype).unsqueeze(0), scale=scale)
+    # q, k, v: [Bn, heads, N, hd]; bias [heads, N, N] -> [Bn, N, heads*hd].
+    if bias.requires_grad and torch.is_grad_enabled():
+        # Training: PyTorch's fused CPU kernels take no gradient for the mask (the learned bias), so SDPA would fall back
+        # to its maths path, which adds a masked-row guard (isneginf/all/where: ~7 % of a MACTFusion step) on top of the
+        # same attention map. Written out, with the scale and bias applied in place on the fresh score tensor:
+        attn = torch.matmul(q, k.transpose(-2, -1)).mul_(scale).add_(bias.to(q.dtype))
+        out = torch.matmul(attn.softmax(dim=-1), v)
+    else:
+        # A 4-D mask selects the fused (flash) CPU kernel; a 3-D one falls back to the maths path.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype).unsqueeze(0), scale=scale)
     return out.transpose(1, 2).flatten(2)
 
 
