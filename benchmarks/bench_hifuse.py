@@ -35,6 +35,7 @@ def _worker(args: argparse.Namespace) -> dict:
     import glfuse
 
     torch.set_num_threads(args.threads)
+    tuned = glfuse.tune_cpu_allocator()  # as the CLI and the engine do; GLFUSE_ALLOCATOR_TUNING=0 turns it off
     torch.manual_seed(0)
     model = glfuse.create_model(args.model, num_classes=args.num_classes, channels_last=not args.no_channels_last)
     x = torch.randn(args.batch, 3, args.size, args.size)
@@ -65,6 +66,7 @@ def _worker(args: argparse.Namespace) -> dict:
     med = statistics.median(walls)
     return {
         "mode": args.mode,
+        "allocator_tuned": tuned,
         "s_batch": med,
         "img_s": args.batch / med,
         "s_batch_all": walls,
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = {k: getattr(args, k) for k in ("model", "num_classes", "batch", "size", "threads", "warmup", "iters")}
     cfg["channels_last"] = not args.no_channels_last
-    title = f"{args.model}: batch {args.batch}, {args.size}², {args.threads} threads, fp32 (torch {torch.__version__})"
+    title = f"{args.model}: batch {args.batch}, {args.size}², {args.threads} threads, fp32 (torch {torch.__version__}"
+    title += f", glibc heap kept: {all(r.get('allocator_tuned') for r in results.values())})"
     table = Table(title=title)
     for col in ("mode", "s/batch (median)", "range", "images/s", "official images/s", "speed-up", "peak RSS GiB",
                 "official RSS GiB", "CPU/wall", "CPU s/batch"):  # fmt: skip

@@ -42,10 +42,13 @@ def _worker(mode: str, iters: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     from glfuse.registry import create_model, load_official
+    from glfuse.runtime import tune_cpu_allocator
 
     ckpt = GOLDEN / "mactfusion_ct_mri_official.pth"
     goldens = sorted(GOLDEN.glob("harvard_ctmri_*.npz")) if GOLDEN.is_dir() else []
     res: dict = {"mode": mode, "threads": threads, "torch": torch.__version__}
+    # as fuse_folder does for inference; training follows the preset (train.tune_allocator: false, heap fragmentation)
+    res["allocator_tuned"] = tune_cpu_allocator() if mode == "forward" else False
     if mode == "forward":
         if ckpt.is_file() and goldens:
             model = load_official("mactfusion", ckpt)
@@ -128,8 +131,10 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    tuned = {m: r["allocator_tuned"] for m, r in results.items() if isinstance(r, dict) and "allocator_tuned" in r}
     table = Table(title=f"MACTFusion on CPU ({args.threads} threads; load avg {results['load_avg_start']:.1f} → "
-                        f"{results['load_avg_end']:.1f}, shared machine)")
+                        f"{results['load_avg_end']:.1f}, shared machine; glfuse.tune_cpu_allocator(): "
+                        f"{tuned})")
     table.add_column("measurement")
     table.add_column("glfuse", justify="right")
     table.add_column("official", justify="right")

@@ -171,3 +171,13 @@ def test_config_overrides_and_errors(tmp_path):
     y.write_text("description: test\nsub:\n  name: 7\n")
     with pytest.raises(ConfigError, match="'sub.name'"):
         build_config(_Cfg, y)
+
+
+@pytest.mark.parametrize("tune", [True, False])
+def test_fit_and_its_validation_follow_tune_allocator(tmp_path, monkeypatch, tune):
+    import glfuse.engine as engine
+
+    calls = []
+    monkeypatch.setattr(engine, "tune_cpu_allocator", lambda: calls.append(1) or True)
+    fit(TinyNet(), TinyTask(), Blobs(), Blobs(9, seed=1), _cfg(epochs=1, tune_allocator=tune), tmp_path / "run")
+    assert len(calls) == (2 if tune else 0)  # once for training, once for the validation pass

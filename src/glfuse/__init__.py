@@ -5,10 +5,20 @@ MACTFusion (multimodal image fusion).
 """
 
 from glfuse.registry import create_model, is_model, list_models, load_official, register_model
+from glfuse.runtime import tune_cpu_allocator
 
 __version__ = "0.1.0"
 
-__all__ = ["create_model", "list_models", "is_model", "load_official", "register_model", "fuse_images", "__version__"]
+__all__ = [
+    "create_model",
+    "list_models",
+    "is_model",
+    "load_official",
+    "register_model",
+    "tune_cpu_allocator",
+    "fuse_images",
+    "__version__",
+]
 
 
 def fuse_images(model, a, b, **kwargs):

@@ -300,7 +300,9 @@ def fuse_folder(
 
     from glfuse.checkpoint import save_json
     from glfuse.engine import progress_bar
+    from glfuse.runtime import tune_cpu_allocator
 
+    tune_cpu_allocator()  # inference only: no fragmentation cost here (see glfuse.runtime)
     fuser = load_fusion_model(model, weights=weights)
     pairs = _pairs_for(a, b, allow_unmatched)
     out_dir = Path(out_dir)
