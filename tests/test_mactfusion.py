@@ -225,3 +225,19 @@ def test_fusion_losses_finite_and_differentiable(preset):
     assert zero.abs() < 1e-6
     with pytest.raises(KeyError):
         build_fusion_loss("nope")
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_conv1x1_matmul_paths_equal_conv2d(with_bias):
+    from glfuse.layers.maxvit import conv1x1
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 24, 97, 101).contiguous(memory_format=torch.channels_last)  # 19,594 pixels: a ragged last chunk
+    w, b = torch.randn(40, 24, 1, 1), (torch.randn(40) if with_bias else None)
+    ref = F.conv2d(x, w, b)
+    with torch.no_grad():
+        chunked = conv1x1(x, w, b)
+    whole = conv1x1(x, w, b)  # autograd on: one matmul
+    for out in (chunked, whole):
+        assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+        assert (out - ref).abs().max() < 1e-4

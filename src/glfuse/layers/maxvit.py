@@ -101,13 +101,33 @@ def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, bn.bias - bn.running_mean * scale
 
 
+CONV1X1_ROWS = 4096  # pixels per matmul of conv1x1 without autograd (see there)
+
+
 def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.conv2d(x, weight, bias)`` for a 1×1 kernel; a single matmul on the token view when ``x`` is channels-last
-    (the CPU 1×1 conv kernel is several times slower). Returns a channels-last ``[B, Cout, H, W]``."""
+    """``F.conv2d(x, weight, bias)`` for a 1×1 kernel; a matmul on the token view when ``x`` is channels-last (the CPU
+    1×1 conv kernel is several times slower). Returns a channels-last ``[B, Cout, H, W]``.
+
+    Without autograd, large maps run as matmuls of ``CONV1X1_ROWS`` pixels written into one output: with these few
+    channels (16–96) one whole-map GEMM streams its output through memory and ran ~2× slower per FLOP on this CPU.
+    """
     if not x.is_contiguous(memory_format=torch.channels_last) or x.dim() != 4:
         return F.conv2d(x, weight, bias)
-    t = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)
-    return t.permute(0, 3, 1, 2)
+    t = x.permute(0, 2, 3, 1)
+    w = weight.flatten(1)
+    rows = t.numel() // t.shape[-1]
+    if torch.is_grad_enabled() or rows <= 2 * CONV1X1_ROWS:
+        return F.linear(t, w, bias).permute(0, 3, 1, 2)
+    t2 = t.reshape(rows, -1)
+    out = t2.new_empty(rows, w.shape[0])
+    wt = w.t()
+    for s in range(0, rows, CONV1X1_ROWS):
+        e = min(s + CONV1X1_ROWS, rows)
+        if bias is None:
+            torch.mm(t2[s:e], wt, out=out[s:e])
+        else:
+            torch.addmm(bias, t2[s:e], wt, out=out[s:e])
+    return out.view(*t.shape[:-1], -1).permute(0, 3, 1, 2)
 
 
 class SimAM(nn.Module):
