@@ -135,3 +135,18 @@ def test_split_command(tmp_path):
     sizes = {s: len(image_csv(out / f"{s}.csv")) for s in ("train", "val", "test")}
     assert sizes == {"train": 6, "val": 2, "test": 2}
     assert main(["classify", "split", str(data / "train"), "--output", str(out)]) == 2
+
+
+def test_same_seed_same_run_whatever_the_global_rng(trained, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    _, data, _ = trained
+    weights = []
+    for k, global_seed in enumerate((1, 12345)):  # the global RNG state before training must not matter
+        torch.manual_seed(global_seed)
+        assert main(["classify", "train", "--config", "hifuse_covid_ct", f"data.root={data}", "data.kind=folder",
+                     *TINY, "--output", str(tmp_path / f"run{k}")]) == 0
+        weights.append(load_file(tmp_path / f"run{k}" / "last" / "model.safetensors"))
+    a, b = weights
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

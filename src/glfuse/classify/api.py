@@ -241,7 +241,7 @@ def train(cfg: ClassifyConfig, run_dir: str | Path, *, resume: bool = False, ove
     unless ``overwrite=True`` (which deletes its outputs first).
     """
     from glfuse.config import save_config
-    from glfuse.engine import fit, is_main_process
+    from glfuse.engine import fit, is_main_process, seed_everything
     from glfuse.registry import create_model
 
     run_dir = Path(run_dir)
@@ -262,6 +262,7 @@ def train(cfg: ClassifyConfig, run_dir: str | Path, *, resume: bool = False, ove
     classes = train_ds.class_names
     if len(classes) < 2:
         raise ValueError(f"training data has {len(classes)} class(es) {classes}; need at least 2")
+    seed_everything(cfg.train.seed, cfg.train.deterministic)  # the initial weights too (fit seeds again for training)
     model = create_model(cfg.model.name, **_model_args(cfg, len(classes)))
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -203,7 +203,7 @@ def train(cfg: FusionConfig, run_dir: str | Path, *, resume: bool = False, overw
     needs no further arguments."""
     from glfuse.checkpoint import save_json
     from glfuse.config import save_config
-    from glfuse.engine import fit
+    from glfuse.engine import fit, seed_everything
     from glfuse.registry import create_model
 
     run_dir = Path(run_dir)
@@ -229,6 +229,7 @@ def train(cfg: FusionConfig, run_dir: str | Path, *, resume: bool = False, overw
     task = FusionTask(cfg.loss, cfg.metrics)
     if val_ds is not None and cfg.train.monitor not in cfg.metrics:
         raise ValueError(f"config key 'train.monitor': {cfg.train.monitor!r} is not in metrics {cfg.metrics}")
+    seed_everything(cfg.train.seed, cfg.train.deterministic)  # the initial weights too (fit seeds again for training)
     model = create_model(cfg.model.name, **cfg.model.args)
     if hasattr(model, "set_grad_checkpointing"):
         model.set_grad_checkpointing(cfg.model.grad_checkpointing)

@@ -35,7 +35,7 @@ from torch import nn
 
 from glfuse.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write, load_model, save_json
 from glfuse.config import config_to_dict, save_config
-from glfuse.engine import TrainConfig, fit, get_device
+from glfuse.engine import TrainConfig, fit, get_device, seed_everything
 from glfuse.engine import evaluate as engine_evaluate
 from glfuse.staging.data import SliceCache, StagingSliceDataset, lesion_crop, resize_pair
 from glfuse.staging.prepare import CaseInput, preprocess_case, read_split
@@ -227,6 +227,7 @@ def train(cfg: StageConfig, run_dir: str | Path, *, resume: bool = False, overwr
     cache, split = _open_data(cfg)
     size = cfg.data.img_size or int(cache.index["preprocessing"]["size"])
     nc = len(cache.classes)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)  # the initial weights too (fit seeds again for training)
     model = build_model(cfg, nc, size)
     dual = _is_dual(model)
     crop = _crop_flag(cfg, dual)
