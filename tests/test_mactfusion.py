@@ -55,6 +55,28 @@ def test_official_checkpoint_matches_golden_outputs(official_model, fname):
     assert err <= 1e-4, f"{fname}: max |Δ| = {err:.3g}"
 
 
+def test_golden_output_on_every_inference_path(official_model, monkeypatch):
+    """The oneDNN-fused path, the plain eager path and the two-thread side-by-side branches all reproduce the golden
+    output; the side-by-side run equals the serial one (same kernels, one thread each)."""
+    from glfuse.layers import fused
+
+    name = GOLDEN_FILES[0]
+    d = np.load(shared_path(GOLDEN, name))
+    vis_y, ir, ref = (torch.from_numpy(d[k]) for k in ("vis_y", "ir", "fused_y"))
+    with torch.no_grad():
+        serial = official_model(vis_y, ir)  # module fixture: one thread, so the branches run one after the other
+        torch.set_num_threads(2)
+        try:
+            side = official_model(vis_y, ir)
+        finally:
+            torch.set_num_threads(1)
+        monkeypatch.setattr(fused, "fusion_available", lambda: False)
+        eager = official_model(vis_y, ir)
+    assert (side - serial).abs().max().item() <= 1e-6
+    for out in (serial, eager):
+        assert (out - ref).abs().max().item() <= 1e-4
+
+
 def test_converter_drops_exactly_the_unused_keys(official_sd):
     mapped = convert_official_state_dict(official_sd)
     ours = MACTFusion().state_dict()
@@ -229,7 +251,7 @@ def test_fusion_losses_finite_and_differentiable(preset):
 
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_conv1x1_matmul_paths_equal_conv2d(with_bias):
-    from glfuse.layers.maxvit import conv1x1
+    from glfuse.layers.fused import conv1x1
 
     torch.manual_seed(0)
     x = torch.randn(2, 24, 97, 101).contiguous(memory_format=torch.channels_last)  # 19,594 pixels: a ragged last chunk

@@ -11,6 +11,7 @@ Layout conventions (chosen for CPU speed, the maths is unchanged):
 
 Attention uses :func:`torch.nn.functional.scaled_dot_product_attention` with the relative position bias as additive
 mask when the bias needs no gradient (inference); in training the attention map is computed explicitly (see ``_attend``).
+At inference the linears and convolutions run with their bias, GELU and residual add fused (:mod:`glfuse.layers.fused`).
 
 Activation checkpointing: :func:`checkpoint_call` wraps :func:`torch.utils.checkpoint.checkpoint` (non-reentrant) and
 marks the recomputation, during which :class:`BatchNorm2d` uses batch statistics without updating its running
@@ -26,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from glfuse.layers import fused
 
 __all__ = [
     "BatchNorm2d",
@@ -101,35 +104,6 @@ def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, bn.bias - bn.running_mean * scale
 
 
-CONV1X1_ROWS = 4096  # pixels per matmul of conv1x1 without autograd (see there)
-
-
-def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.conv2d(x, weight, bias)`` for a 1×1 kernel; a matmul on the token view when ``x`` is channels-last (the CPU
-    1×1 conv kernel is several times slower). Returns a channels-last ``[B, Cout, H, W]``.
-
-    Without autograd, large maps run as matmuls of ``CONV1X1_ROWS`` pixels written into one output: with these few
-    channels (16–96) one whole-map GEMM streams its output through memory and ran ~2× slower per FLOP on this CPU.
-    """
-    if not x.is_contiguous(memory_format=torch.channels_last) or x.dim() != 4:
-        return F.conv2d(x, weight, bias)
-    t = x.permute(0, 2, 3, 1)
-    w = weight.flatten(1)
-    rows = t.numel() // t.shape[-1]
-    if torch.is_grad_enabled() or rows <= 2 * CONV1X1_ROWS:
-        return F.linear(t, w, bias).permute(0, 3, 1, 2)
-    t2 = t.reshape(rows, -1)
-    out = t2.new_empty(rows, w.shape[0])
-    wt = w.t()
-    for s in range(0, rows, CONV1X1_ROWS):
-        e = min(s + CONV1X1_ROWS, rows)
-        if bias is None:
-            torch.mm(t2[s:e], wt, out=out[s:e])
-        else:
-            torch.addmm(bias, t2[s:e], wt, out=out[s:e])
-    return out.view(*t.shape[:-1], -1).permute(0, 3, 1, 2)
-
-
 class SimAM(nn.Module):
     """Parameter-free SimAM attention: ``x · σ((x−μ)² / (4·(Σ(x−μ)²/(HW−1) + λ)) + 0.5)`` per sample and channel."""
 
@@ -171,16 +145,15 @@ class SDConv(nn.Module):
         return x + self.proj(self.simam(t + z))
 
     def _forward_eval(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference: eval BatchNorms folded into the depthwise / pointwise convs (same maths up to float rounding),
-        1×1 convs as matmuls on the channels-last token view."""
+        """Inference: eval BatchNorms folded into the depthwise / pointwise convs (same maths up to float rounding);
+        GELU and the two residual adds fused into the convolutions (:mod:`glfuse.layers.fused`)."""
         s0, b0 = bn_affine(self.norm)
         z = (x * s0.view(1, -1, 1, 1)).add_(b0.view(1, -1, 1, 1))
         s1, b1 = bn_affine(self.dw_norm)
-        u = F.conv2d(z, self.dw.weight * s1.view(-1, 1, 1, 1), b1, 1, 1, 1, self.dw.groups)
-        u = torch.ops.aten.gelu_(u)  # fresh tensors are updated in place: fewer large allocations (page faults)
+        u = fused.conv2d(z, self.dw.weight * s1.view(-1, 1, 1, 1), b1, padding=1, groups=self.dw.groups, act="gelu")
         s2, b2 = bn_affine(self.pw_norm)
-        t = conv1x1(u, self.pw.weight * s2.view(-1, 1, 1, 1), b2)
-        return conv1x1(self.simam(t.add_(z)), self.proj.weight, self.proj.bias).add_(x)
+        t = fused.conv2d(u, self.pw.weight * s2.view(-1, 1, 1, 1), b2, add=z)
+        return fused.conv2d(self.simam(t), self.proj.weight, self.proj.bias, add=x)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -195,8 +168,10 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``fc2(GELU(fc1(x)))``, plus ``residual`` if given (added in the same kernel at inference)."""
+        h = fused.linear(x, self.fc1.weight, self.fc1.bias, act="gelu")
+        return fused.linear(h, self.fc2.weight, self.fc2.bias, add=residual)
 
 
 def relative_position_index(window: int) -> torch.Tensor:
@@ -237,18 +212,13 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
     return out.transpose(1, 2).flatten(2)
 
 
-def _residual(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    # t is a fresh partition copy (or a fresh sum): safe to update in place when autograd is off
-    return t + y if torch.is_grad_enabled() else t.add_(y)
-
-
 class _PartitionMixin:
     """Window (``mode="window"``) or grid (``mode="grid"``) partitioning of ``[B, H, W, C]`` tokens into 8×8 groups."""
 
     mode: str
     partition: int
-    # tokens per chunk without autograd: bounds inference memory on very large images. Small (cache-sized) chunks were
-    # measured to be much slower on CPU (per-op threading overhead), so 256² images run as one chunk.
+    # tokens per chunk without autograd: bounds inference memory on very large images (a 256² map runs as 16 chunks;
+    # 1024–8192 measured the same speed here, much smaller chunks are slower from per-op overhead).
     chunk_tokens: int = 4096
 
     def _view6(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -284,9 +254,7 @@ class _PartitionMixin:
         """Tokens of the group rows ``sl`` as ``[groups, p², C]``."""
         part = x6[:, sl] if dim == 1 else x6[:, :, sl]
         part = part.permute(self._perm())
-        part = part.reshape(-1, self.partition * self.partition, part.shape[-1])
-        # a fresh copy: the token blocks update it in place (a view happens when there is a single group row/column)
-        return part.clone() if part._is_view() else part
+        return part.reshape(-1, self.partition * self.partition, part.shape[-1])
 
     def _put(self, out6: torch.Tensor, dim: int, sl: slice, y: torch.Tensor, x6: torch.Tensor) -> None:
         b = x6.shape[0]
@@ -310,10 +278,13 @@ class SelfAttention(nn.Module):
         self.rel_pos = RelativePositionBias(window, num_heads)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, scale: float,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: ``[groups, N, C]``; returns the attention output (``+ residual`` if given)."""
         bn, n, c = x.shape
-        q, k, v = self.qkv(x).view(bn, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        return self.proj(_attend(q, k, v, bias, scale))
+        qkv = fused.linear(x, self.qkv.weight, self.qkv.bias)
+        q, k, v = qkv.view(bn, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return fused.linear(_attend(q, k, v, bias, scale), self.proj.weight, self.proj.bias, add=residual)
 
 
 class CrossAttention(nn.Module):
@@ -327,12 +298,15 @@ class CrossAttention(nn.Module):
         self.rel_pos = RelativePositionBias(window, num_heads)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, xq: torch.Tensor, xkv: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(self, xq: torch.Tensor, xkv: torch.Tensor, bias: torch.Tensor, scale: float,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``xq``, ``xkv``: ``[groups, N, C]``; returns the attention output (``+ residual`` if given)."""
         bn, n, c = xq.shape
         hd = c // self.num_heads
-        q = self.q(xq).view(bn, n, self.num_heads, hd).transpose(1, 2)
-        k, v = self.kv(xkv).view(bn, n, 2, self.num_heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
-        return self.proj(_attend(q, k, v, bias, scale))
+        q = fused.linear(xq, self.q.weight, self.q.bias).view(bn, n, self.num_heads, hd).transpose(1, 2)
+        kv = fused.linear(xkv, self.kv.weight, self.kv.bias)
+        k, v = kv.view(bn, n, 2, self.num_heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        return fused.linear(_attend(q, k, v, bias, scale), self.proj.weight, self.proj.bias, add=residual)
 
 
 class _AttentionBlockBase(_PartitionMixin, nn.Module):
@@ -353,8 +327,8 @@ class _AttentionBlockBase(_PartitionMixin, nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def _tokens(self, t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        t = _residual(t, self.attn(self.norm1(t), bias, self.scale))
-        return _residual(t, self.mlp(self.norm2(t)))
+        t = self.attn(self.norm1(t), bias, self.scale, residual=t)
+        return self.mlp(self.norm2(t), residual=t)
 
     def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """``x``: ``[B, H, W, C]`` with H, W multiples of the partition size; returns the same shape.
@@ -393,8 +367,8 @@ class _CrossAttentionBlockBase(_AttentionBlockBase):
 
     def _tokens(self, tq: torch.Tensor, tkv: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         # quirk (official code): queries and keys/values are normalised by the same LayerNorm (norm_1).
-        t = _residual(tq, self.attn(self.norm1(tq), self.norm1(tkv), bias, self.scale))
-        return _residual(t, self.mlp(self.norm2(t)))
+        t = self.attn(self.norm1(tq), self.norm1(tkv), bias, self.scale, residual=tq)
+        return self.mlp(self.norm2(t), residual=t)
 
     def forward(self, xq: torch.Tensor, xkv: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """``xq`` (queries, residual stream) and ``xkv`` (keys/values): ``[B, H, W, C]``; returns ``xq``'s shape.

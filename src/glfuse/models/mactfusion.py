@@ -25,8 +25,9 @@ uses only its channel 0; any H, W are accepted (reflect-padded to a multiple of 
 grouped convolution is computed with float64 FFTs (the default NCHW kernel takes ~9 s per 256² image on CPU);
 feature maps are kept channels-last and attention uses ``scaled_dot_product_attention``; optional activation
 checkpointing (:meth:`MACTFusion.set_grad_checkpointing`) for training memory. Without autograd, eval BatchNorms are
-folded into the SD-Conv convolutions, 1×1 convs run as matmuls on the channels-last tokens, fresh tensors are updated in
-place, and with ≥ 2 intra-op threads the two branches run side by side (:attr:`MACTFusion.parallel_branches`).
+folded into the SD-Conv convolutions, each linear / convolution runs with its bias, activation or residual add in one
+oneDNN kernel (:mod:`glfuse.layers.fused`; plain eager ops where unavailable), fresh tensors are updated in place, and
+with ≥ 2 intra-op threads the two branches run side by side (:attr:`MACTFusion.parallel_branches`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glfuse.layers.maxvit import CheckpointMixin, CrossMaxViTBlock, MaxViTBlock, conv1x1, relative_position_index
+from glfuse.layers import fused
+from glfuse.layers.maxvit import CheckpointMixin, CrossMaxViTBlock, MaxViTBlock, relative_position_index
 from glfuse.registry import register_model, register_official
 
 __all__ = [
@@ -158,14 +160,16 @@ class GRDB(nn.Module):
         self.grad_proj = nn.Conv2d(in_chans, out_chans, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1 = torch.cat([x, F.leaky_relu(self.dense1(x), 0.2, inplace=True)], dim=1)
-        x2 = torch.cat([x1, F.leaky_relu(self.dense2(x1), 0.2, inplace=True)], dim=1)
+        # convolution + activation / + add run as one kernel at inference (glfuse.layers.fused; eager otherwise)
+        d1 = fused.conv2d(x, self.dense1.weight, self.dense1.bias, padding=1, act="leaky_relu", slope=0.2)
+        x1 = torch.cat([x, d1], dim=1)
+        d2 = fused.conv2d(x1, self.dense2.weight, self.dense2.bias, padding=1, act="leaky_relu", slope=0.2)
+        x2 = torch.cat([x1, d2], dim=1)
         c = x.shape[1]
         gx, gy = F.conv2d(x, self.sobel_x, padding=1, groups=c), F.conv2d(x, self.sobel_y, padding=1, groups=c)
         g = gx.abs() + gy.abs() if torch.is_grad_enabled() else gx.abs_().add_(gy.abs_())
-        out = conv1x1(x2, self.fuse.weight, self.fuse.bias)  # 1×1 convs as matmuls on the channels-last tokens
-        proj = conv1x1(g, self.grad_proj.weight, self.grad_proj.bias)
-        out = out + proj if torch.is_grad_enabled() else out.add_(proj)
+        out = fused.conv2d(x2, self.fuse.weight, self.fuse.bias)
+        out = fused.conv2d(g, self.grad_proj.weight, self.grad_proj.bias, add=out)  # fuse(x2) + grad_proj(g)
         return F.leaky_relu(out, 0.1, inplace=True)
 
 
@@ -196,10 +200,11 @@ class SAFM(nn.Module):
 
     def _forward_eval(self, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
         """Inference (no autograd): same maths as :meth:`forward`, γ/β convs as one conv, in-place elementwise ops."""
-        s = torch.ops.aten.gelu_(self.shared(torch.cat([f1, f2], dim=1)))
+        sh = self.shared
+        s = fused.conv2d(torch.cat([f1, f2], dim=1), sh.weight, sh.bias, padding=1, act="gelu")
         c = f1.shape[1]
-        gb = F.conv2d(s, torch.cat([self.gamma.weight, self.beta.weight]), torch.cat([self.gamma.bias, self.beta.bias]),
-                      padding=1)
+        gb = fused.conv2d(s, torch.cat([self.gamma.weight, self.beta.weight]), torch.cat([self.gamma.bias, self.beta.bias]),
+                          padding=1)
         n = f1.shape[2] * f1.shape[3]
         mean1 = f1.mean(dim=(2, 3), keepdim=True)
         std1 = (f1 - mean1).square_().sum(dim=(2, 3), keepdim=True).div_(n - 1).sqrt_()
@@ -220,7 +225,10 @@ class CrossModalityFusion(CheckpointMixin, nn.Module):
     def _gated(self, f1: torch.Tensor, f2: torch.Tensor, fc: torch.Tensor) -> torch.Tensor:
         # quirk: the gate is a learned 1-channel projection of the *other* modality's features F2 (slides: sigmoid(F1)),
         # and it multiplies F1 + F̃c (slides: F̃c only).
-        return f1 + torch.sigmoid(conv1x1(f2, self.gate.weight, self.gate.bias)) * (f1 + fc)
+        gate = fused.conv2d(f2, self.gate.weight, self.gate.bias, act="sigmoid")
+        if torch.is_grad_enabled():
+            return f1 + gate * (f1 + fc)
+        return fc.add_(f1).mul_(gate).add_(f1)  # same maths in place on the fresh fc (inference)
 
     def forward(self, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
         """``f1`` own branch, ``f2`` other branch, both ``[B, C, H, W]``."""
@@ -241,8 +249,7 @@ class ReconLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pad:
             x = F.pad(x, (self.pad,) * 4, mode="reflect")
-            return F.leaky_relu(self.conv(x), 0.1)
-        return F.leaky_relu(conv1x1(x, self.conv.weight, self.conv.bias), 0.1)
+        return fused.conv2d(x, self.conv.weight, self.conv.bias, act="leaky_relu", slope=0.1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
