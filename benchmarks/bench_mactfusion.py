@@ -7,6 +7,9 @@ Each measurement runs in its own subprocess (so peak RSS is per mode), with ``--
 * ``train``: batch 4 of 256² pairs, Adam (lr 1e-3), ``official`` loss, forward + backward + step, median over
   ``--train-iters`` after one warm-up, with activation checkpointing (``train_nockpt``: without, optional).
 
+Each worker also times a fixed float32 GEMM before and after (``_vmprobe.py``, "machine speed probe"): this VM's speed
+drifts by ±15–25 % over minutes, and the probe shows how fast it was running during the measurement.
+
 Official figures (spec, same machine kind, 2 threads): 10.3 s per pair forward, 86.9 s and 14.5 GiB per training step.
 Results go to ``benchmarks/results/mactfusion.json``. Other processes sharing the CPU inflate the times; the 1-minute
 load average at start and end is recorded.
@@ -49,6 +52,10 @@ def _worker(mode: str, iters: int, threads: int) -> dict:
     res: dict = {"mode": mode, "threads": threads, "torch": torch.__version__}
     # as fuse_folder does for inference; training follows the preset (train.tune_allocator: false, heap fragmentation)
     res["allocator_tuned"] = tune_cpu_allocator() if mode == "forward" else False
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _vmprobe import gemm_gflops
+
+    res["probe_gflops_before"] = gemm_gflops(threads)
     if mode == "forward":
         if ckpt.is_file() and goldens:
             model = load_official("mactfusion", ckpt)
@@ -92,6 +99,7 @@ def _worker(mode: str, iters: int, threads: int) -> dict:
         res["train_s"] = statistics.median(times)
         res["train_s_all"] = times
         res["loss"] = float(loss)
+    res["probe_gflops_after"] = gemm_gflops(threads)
     res["peak_rss_gib"] = _peak_rss_gib()
     return res
 
@@ -147,6 +155,12 @@ def main() -> None:
         table.add_row("forward, max |Δ| vs golden", "—" if f["max_abs_diff"] is None else f"{f['max_abs_diff']:.2e}",
                       "0", f.get("golden", "no ../shared"))
         table.add_row("forward, peak RSS GiB", f"{f['peak_rss_gib']:.2f}", f"{OFFICIAL['forward_rss_gib']:.2f}", "")
+    for mode in ("forward", "train", "train_nockpt"):
+        if mode in results:
+            r = results[mode]
+            table.add_row(f"machine speed probe, GFLOP/s ({mode}: before / after)",
+                          f"{r['probe_gflops_before']:.0f} / {r['probe_gflops_after']:.0f}", "—",
+                          "fp32 GEMM, see _vmprobe.py")
     for mode in ("train", "train_nockpt"):
         if mode in results:
             t = results[mode]
