@@ -82,6 +82,13 @@ def _add_eager(y: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
     return y + add if torch.is_grad_enabled() else y.add_(add)
 
 
+def _check(fn: str, act: str, add: torch.Tensor | None) -> None:
+    if act not in _ACTS:
+        raise ValueError(f"{fn}: unknown activation {act!r} (one of {_ACTS})")
+    if add is not None and act != "none":
+        raise ValueError(f"{fn}: an activation after the add is not fused; apply it separately")
+
+
 def _onednn_act(act: str, slope: float) -> tuple[str, list, str]:
     if act == "gelu":
         return "gelu", [], "none"  # "none": the exact (erf) GELU, as F.gelu's default
@@ -100,10 +107,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         act: "none", "gelu" (exact erf GELU), "leaky_relu" (negative slope ``slope``) or "sigmoid".
         add: tensor of the output's shape added after the bias (a residual), or None.
     """
-    if act not in _ACTS:
-        raise ValueError(f"linear: unknown activation {act!r} (one of {_ACTS})")
-    if add is not None and act != "none":
-        raise ValueError("linear: an activation after the residual add is not fused; apply it separately")
+    _check("linear", act, add)
     fuse = use_fusion(x, weight) and (add is None or use_fusion(add))
     if not fuse:
         y = F.linear(x, weight, bias)
@@ -156,10 +160,7 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         act: "none", "gelu", "leaky_relu" (slope ``slope``) or "sigmoid".
         add: ``[B, Cout, H', W']`` added after the bias, or None.
     """
-    if act not in _ACTS:
-        raise ValueError(f"conv2d: unknown activation {act!r} (one of {_ACTS})")
-    if add is not None and act != "none":
-        raise ValueError("conv2d: an activation after the add is not fused; apply it separately")
+    _check("conv2d", act, add)
     fuse = use_fusion(x, weight) and x.dim() == 4 and (add is None or use_fusion(add))
     if not fuse:
         if weight.shape[-2:] == (1, 1) and padding == 0 and groups == 1:
@@ -169,9 +170,8 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return _add_eager(y, add) if add is not None else _act_eager(y, act, slope)
     pad, one = [padding, padding], [1, 1]
     if add is not None:
-        if add.is_contiguous(memory_format=torch.channels_last) != x.is_contiguous(memory_format=torch.channels_last):
-            add = add.contiguous(memory_format=torch.channels_last if x.is_contiguous(
-                memory_format=torch.channels_last) else torch.contiguous_format)
+        cl = x.is_contiguous(memory_format=torch.channels_last)
+        add = add.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)  # as the output
         return torch.ops.mkldnn._convolution_pointwise.binary(x, add, weight, bias, pad, one, one, groups, "add", 1.0,
                                                               None, [], None)
     return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, one, one, groups, *_onednn_act(act, slope))
