@@ -60,7 +60,9 @@ def test_refuses_to_overwrite_then_overwrites_and_resumes(trained, capsys):
             "--output", str(run)]
     assert main(args) == 2
     assert "--overwrite" in capsys.readouterr().err
-    # resume with more epochs continues from epoch 1
+    # resuming with another recipe is refused with the key named; with more epochs it continues from epoch 1
+    assert main(["classify", "train", "--resume", str(run), "train.epochs=2", "train.lr=0.5"]) == 2
+    assert "train.lr: run" in capsys.readouterr().err
     assert main(["classify", "train", "--resume", str(run), "train.epochs=2"]) == 0
     log = list(csv.DictReader(open(run / "log.csv")))
     assert [r["epoch"] for r in log] == ["1", "2"]

@@ -173,6 +173,44 @@ def test_config_overrides_and_errors(tmp_path):
         build_config(_Cfg, y)
 
 
+@dataclass
+class _ArgsCfg:
+    sub: _Sub = field(default_factory=_Sub)
+    args: dict = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def test_resume_config_check(tmp_path):
+    from glfuse.config import check_resume_config, save_config
+
+    saved = tmp_path / "config.yaml"
+    assert check_resume_config(_Cfg(), saved) == []  # no saved config: nothing to compare
+    save_config(build_config(_ArgsCfg, None, ["sub.lr=0.5", "sub.sizes=[3, 4]", "args={depth: 2}"]), saved)
+    # the identical config, read back from YAML (floats, tuples, free-form dicts round-trip)
+    same = build_config(_ArgsCfg, saved)
+    assert check_resume_config(same, saved) == []
+    # how long / how it runs may change
+    longer = build_config(_ArgsCfg, saved, ["train.epochs=200", "train.progress=false", "train.device=cpu"])
+    assert sorted(check_resume_config(longer, saved)) == ["train.device", "train.epochs", "train.progress"]
+    # what is trained may not: every changed key is named with both values
+    for override, key, old, new in [("sub.lr=0.25", "sub.lr", "0.5", "0.25"), ("args={depth: 3}", "args", "2", "3"),
+                                    ("train.lr=1e-3", "train.lr", "0.0001", "0.001"),
+                                    ("sub.sizes=[3, 5]", "sub.sizes", "[3, 4]", "[3, 5]")]:
+        changed = build_config(_ArgsCfg, saved, [override, "train.epochs=200"])
+        with pytest.raises(ConfigError) as e:
+            check_resume_config(changed, saved)
+        msg = str(e.value)
+        assert f"{key}: run " in msg and old in msg and new in msg and "train.epochs" in msg.split("Only")[1], msg
+        assert f"{key}: run" in msg and "train.epochs: run" not in msg  # the allowed change is not reported as bad
+    # a field the saved config does not know yet (added in a later version) is not a change
+    saved.write_text(saved.read_text().replace("args:\n  depth: 2\n", ""))
+    assert "args" not in saved.read_text()
+    assert check_resume_config(build_config(_ArgsCfg, None, ["sub.lr=0.5", "sub.sizes=[3, 4]"]), saved) == []
+    saved.write_text("- not a mapping\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        check_resume_config(same, saved)
+
+
 @pytest.mark.parametrize("tune", [True, False])
 def test_fit_and_its_validation_follow_tune_allocator(tmp_path, monkeypatch, tune):
     import glfuse.engine as engine

@@ -178,7 +178,7 @@ def test_convert_official_matches_golden(tmp_path):
     assert np.abs(q - qref).max() <= 1 and (q != qref).mean() < 1e-3
 
 
-def test_train_tiny_with_resume(tmp_path):
+def test_train_tiny_with_resume(tmp_path, capsys):
     a, b = _make_pairs(tmp_path, n=4, size=24)
     run = tmp_path / "run"
     common = ["--output", str(run), "--threads", "2", "--config", "mactfusion_ct_mri", f"data.vis_dir={a}",
@@ -190,9 +190,17 @@ def test_train_tiny_with_resume(tmp_path):
     split = json.loads((run / "split.json").read_text())
     assert len(split["val"]) == 1 and not set(split["val"]) & set(split["train"])
     assert main(["fuse", "train", *common, "train.epochs=1"]) == 2  # an earlier run is not silently replaced
-    assert main(["fuse", "train", "--resume", *common, "train.epochs=2"]) == 0
+    # resuming with a different recipe is refused, naming the key (nothing is trained or written)
+    assert main(["fuse", "train", "--resume", *common, "data.crop=8", "train.epochs=2"]) == 2
+    assert "data.crop: run 16, now 8" in capsys.readouterr().err
+    assert "epochs: 1\n" in (run / "config.yaml").read_text()
+    # without --config a resumed run uses its own config.yaml; more epochs are allowed and recorded there
+    assert main(["fuse", "train", "--resume", "--output", str(run), "--threads", "2", "train.epochs=2"]) == 0
+    assert "epochs: 2\n" in (run / "config.yaml").read_text()
     log = json.loads((run / "log.json").read_text())
     assert [r["epoch"] for r in log] == [1, 2]
+    assert main(["fuse", "train", "--output", str(tmp_path / "new"), "train.epochs=1"]) == 2  # a new run needs --config
+    assert "--config" in capsys.readouterr().err
     # exp schedule lr * 0.75^epoch; the engine logs the lr each epoch trained with
     assert [r["lr"] for r in log] == pytest.approx([1e-3, 1e-3 * 0.75])
     assert "val_Qabf" in log[0]

@@ -258,6 +258,9 @@ def test_end_to_end_cli(cache, dataset, tmp_path, capsys):
     assert s["epochs_run"] == 2 and "case_acc" in s["test"] and s["test"]["n_cases"] == 2
     assert (run / "eval" / "case" / "confusion_matrix.png").exists()
     assert main(args) == 2 and "already holds a run" in capsys.readouterr().err
+    # --resume without a config continues with the run's own config.yaml (not the default preset), one more epoch
+    assert main(["stage", "train", "-o", str(run), "--resume", "--quiet", "train.epochs=3"]) == 0
+    assert json.loads((run / "summary.json").read_text())["epochs_run"] == 3
     # evaluate on the val part, both levels
     assert main(["stage", "evaluate", str(run), "--cache", str(cache), "--split", str(cache / "split.json"),
                  "--part", "val", "-o", str(tmp_path / "ev"), "--quiet", "--device", "cpu"]) == 0
@@ -290,12 +293,14 @@ def test_end_to_end_cli(cache, dataset, tmp_path, capsys):
 
 
 def test_resume(cache, tmp_path):
-    from glfuse.config import build_config
+    from glfuse.config import ConfigError, build_config
 
     base = [*TINY, f"data.cache={cache}", f"data.split={cache / 'split.json'}", "data.augment=false"]
     cfg1 = build_config(api.StageConfig, "vdpf_lgg", [*base, "train.epochs=1"])
     api.train(cfg1, tmp_path / "r", evaluate_test=False)
     cfg2 = build_config(api.StageConfig, "vdpf_lgg", base)
+    with pytest.raises(ConfigError, match="model.name: run 'vdpf', now 'vdpf_cat'"):  # not what the run trained
+        api.train(build_config(api.StageConfig, "vdpf_lgg", [*base, "model.name=vdpf_cat"]), tmp_path / "r", resume=True)
     s = api.train(cfg2, tmp_path / "r", resume=True)
     assert s["epochs_run"] == 2
 

@@ -3,7 +3,8 @@
 Each system describes its config as nested dataclasses. :func:`build_config` merges a preset (name or path) with dotted
 overrides (``train.epochs=5 model.name=hifuse_small``), then checks every key and type: an unknown key or a wrong type
 fails with a message naming the key (``config key 'train.lr': expected float, got 'abc'``). The resolved config is
-saved in every run directory (:func:`config_to_dict` + YAML).
+saved in every run directory (:func:`config_to_dict` + YAML). Resuming a run checks the new config against that
+saved one (:func:`check_resume_config`): only :data:`RESUMABLE_KEYS` may change.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any, TypeVar, Union
 
 import yaml
 
-__all__ = ["ConfigError", "build_config", "from_dict", "config_to_dict", "preset_path", "list_presets", "save_config"]
+__all__ = ["ConfigError", "build_config", "from_dict", "config_to_dict", "preset_path", "list_presets", "save_config",
+           "RESUMABLE_KEYS", "check_resume_config"]
 
 T = TypeVar("T")
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -204,3 +206,50 @@ def save_config(cfg: Any, path: str | Path) -> Path:
 
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+#: keys that may differ when a run is resumed: how long it runs and how it is run, not what is trained or how
+RESUMABLE_KEYS = ("train.epochs", "train.early_stop_patience", "train.eval_every", "train.save_every",
+                  "train.eval_batch_size", "train.num_workers", "train.device", "train.progress", "train.tune_allocator")
+
+
+def _changed_keys(cfg: Any, old: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, saved value, new value)`` for every field of the dataclass ``cfg`` whose value differs from
+    ``old``; nested dataclass sections are walked, any other value (lists, free-form dicts) is compared whole."""
+    out: list[tuple[str, Any, Any]] = []
+    for f in dataclasses.fields(cfg):
+        if f.name not in old:  # a field added since the run was saved: nothing to compare with
+            continue
+        value, saved = getattr(cfg, f.name), old[f.name]
+        if dataclasses.is_dataclass(value) and isinstance(saved, dict):
+            out += _changed_keys(value, saved, f"{prefix}{f.name}.")
+        elif config_to_dict(value) != saved:
+            out.append((prefix + f.name, saved, config_to_dict(value)))
+    return out
+
+
+def check_resume_config(cfg: Any, saved: str | Path) -> list[str]:
+    """Compare the config of a resumed run with the one the run was started with (``saved``, its ``config.yaml``).
+
+    Returns the dotted keys that changed (all in :data:`RESUMABLE_KEYS`, e.g. more ``train.epochs``). Any other change
+    (data, model, loss, optimiser, schedule, seed, …) raises :class:`ConfigError` naming each key with both values: the
+    resumed epochs would silently train something else than the saved weights and optimiser state were made for.
+    A run without a saved config (nothing to compare with) returns ``[]``.
+    """
+    saved = Path(saved)
+    if not saved.is_file():
+        return []
+    try:
+        old = yaml.safe_load(saved.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{saved}: invalid YAML ({e})") from e
+    if not isinstance(old, dict):
+        raise ConfigError(f"{saved}: top level must be a mapping")
+    changed = _changed_keys(cfg, old)
+    bad = [c for c in changed if c[0] not in RESUMABLE_KEYS]
+    if bad:
+        detail = "; ".join(f"{k}: run {a!r}, now {b!r}" for k, a, b in bad)
+        raise ConfigError(f"{saved.parent}: cannot resume with a different config ({detail}). Only "
+                          f"{', '.join(RESUMABLE_KEYS)} may change when resuming; resume without those overrides, or "
+                          "start a new run in another output folder")
+    return [k for k, _, _ in changed]

@@ -240,7 +240,7 @@ def train(cfg: ClassifyConfig, run_dir: str | Path, *, resume: bool = False, ove
     ``resume=True`` continues the run in ``run_dir`` from its last completed epoch. An existing run is never replaced
     unless ``overwrite=True`` (which deletes its outputs first).
     """
-    from glfuse.config import save_config
+    from glfuse.config import check_resume_config, save_config
     from glfuse.engine import fit, is_main_process, seed_everything
     from glfuse.registry import create_model
 
@@ -257,6 +257,8 @@ def train(cfg: ClassifyConfig, run_dir: str | Path, *, resume: bool = False, ove
             for p in existing:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
     _resolve_paths(cfg)
+    if resume:
+        check_resume_config(cfg, run_dir / "config.yaml")  # only e.g. train.epochs may change
     data = build_datasets(cfg, ("train", "val"))
     train_ds, val_ds = data["train"], data.get("val")
     classes = train_ds.class_names

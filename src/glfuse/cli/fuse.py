@@ -10,6 +10,7 @@ Modality convention everywhere: ``--a`` is the MRI, ``--b`` the CT / PET / SPECT
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 EPILOG = ("--a is the MRI, --b the CT/PET/SPECT image. Grey pairs (CT-MRI) enter the network as vis = MRI, ir = CT; "
           "a colour PET/SPECT image enters as its BT.601 Y (vis) with the MRI as ir, and its Cb/Cr are put back. "
@@ -89,7 +90,8 @@ def add_parser(sub) -> None:
     t = fsub.add_parser("train", help="train a fusion network from a preset",
                         description="Train with a preset (e.g. mactfusion_ct_mri) and key=value overrides, e.g. "
                                     "data.crop=128 train.epochs=1 train.max_steps_per_epoch=50.")
-    t.add_argument("--config", required=True, help="preset name or YAML path")
+    t.add_argument("--config", default=None,
+                   help="preset name or YAML path (required unless --resume: then the run's config.yaml)")
     t.add_argument("overrides", nargs="*", help="key=value overrides")
     t.add_argument("--output", required=True, help="run folder")
     t.add_argument("--resume", action="store_true", help="continue the run in --output")
@@ -121,7 +123,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     import hashlib
-    from pathlib import Path
 
     from glfuse.checkpoint import WEIGHTS_NAME, save_model
     from glfuse.registry import load_official
@@ -164,8 +165,6 @@ def _metric_list(s: str | None) -> list[str] | None:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from rich.console import Console
     from rich.table import Table
 
@@ -217,7 +216,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from glfuse.fusion.train import FusionConfig, train
 
     _threads(args.threads)
-    cfg = build_config(FusionConfig, args.config, args.overrides)
+    config = args.config
+    if config is None:
+        saved = Path(args.output) / "config.yaml"
+        if not args.resume:
+            raise ValueError("--config PRESET_OR_YAML is required (e.g. --config mactfusion_ct_mri)")
+        if not saved.is_file():
+            raise FileNotFoundError(f"{saved}: no saved config to resume from (pass --config)")
+        config = str(saved)
+    cfg = build_config(FusionConfig, config, args.overrides)
     summary = train(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
     print(f"done: {summary['epochs_run']} epoch(s); best {summary['monitor']} = {summary.get('best_' + summary['monitor'])}"
           f"; run folder {args.output}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def _console():
@@ -24,11 +25,15 @@ def _console():
     return Console()
 
 
-def _cfg(args):
+def _cfg(args, run_dir: str | None = None):
     from glfuse.config import build_config
     from glfuse.staging.api import StageConfig
 
-    return build_config(StageConfig, args.config, args.overrides)
+    config = args.config
+    if config is None:  # resuming: the run's own saved config (plus any overrides), else the default preset
+        saved = Path(run_dir) / "config.yaml" if run_dir else None
+        config = str(saved) if saved is not None and saved.is_file() else "vdpf_lgg"
+    return build_config(StageConfig, config, args.overrides)
 
 
 def _prepare(args) -> int:
@@ -70,7 +75,7 @@ def _split(args) -> int:
 def _train(args) -> int:
     from glfuse.staging.api import train
 
-    cfg = _cfg(args)
+    cfg = _cfg(args, args.output if args.resume else None)
     if args.quiet:
         cfg.train.progress = False
     s = train(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
@@ -124,7 +129,8 @@ def _cam(args) -> int:
 
 
 def _cfg_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", default="vdpf_lgg", help="preset name or YAML path (default: vdpf_lgg)")
+    p.add_argument("-c", "--config", default=None,
+                   help="preset name or YAML path (default: vdpf_lgg; with --resume: the run's config.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. data.cache=CACHE data.split=SPLIT train.epochs=5 model.name=vdpf_cat")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

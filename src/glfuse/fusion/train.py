@@ -202,7 +202,7 @@ def train(cfg: FusionConfig, run_dir: str | Path, *, resume: bool = False, overw
     The saved ``best/`` and ``last/`` folders carry the fusion preprocessing, so ``glfuse fuse run --model RUN/best``
     needs no further arguments."""
     from glfuse.checkpoint import save_json
-    from glfuse.config import save_config
+    from glfuse.config import check_resume_config, save_config
     from glfuse.engine import fit, seed_everything
     from glfuse.registry import create_model
 
@@ -221,6 +221,8 @@ def train(cfg: FusionConfig, run_dir: str | Path, *, resume: bool = False, overw
                 shutil.rmtree(p)
     if not resume and (run_dir / "last").exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    if resume:
+        check_resume_config(cfg, run_dir / "config.yaml")  # only e.g. train.epochs may change
 
     pairs = find_pairs(cfg.data)
     tr_pairs, val_pairs = split_pairs(pairs, cfg.data.val_fraction, cfg.data.split_seed)
@@ -235,8 +237,8 @@ def train(cfg: FusionConfig, run_dir: str | Path, *, resume: bool = False, overw
         model.set_grad_checkpointing(cfg.model.grad_checkpointing)
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")  # on resume: the checked config, e.g. with the new train.epochs
     if not resume:
-        save_config(cfg, run_dir / "config.yaml")
         save_json({"val_fraction": cfg.data.val_fraction, "split_seed": cfg.data.split_seed,
                    "train": [p[0] for p in tr_pairs], "val": [p[0] for p in val_pairs]}, run_dir / "split.json")
     extra = {"fusion": {

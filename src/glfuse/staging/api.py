@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glfuse.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write, load_model, save_json
-from glfuse.config import config_to_dict, save_config
+from glfuse.config import check_resume_config, config_to_dict, save_config
 from glfuse.engine import TrainConfig, fit, get_device, seed_everything
 from glfuse.engine import evaluate as engine_evaluate
 from glfuse.staging.data import SliceCache, StagingSliceDataset, lesion_crop, resize_pair
@@ -224,6 +224,8 @@ def train(cfg: StageConfig, run_dir: str | Path, *, resume: bool = False, overwr
         shutil.rmtree(run_dir)
     elif not resume and (run_dir / "last" / WEIGHTS_NAME).exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite")
+    if resume:
+        check_resume_config(cfg, run_dir / "config.yaml")  # only e.g. train.epochs may change
     cache, split = _open_data(cfg)
     size = cfg.data.img_size or int(cache.index["preprocessing"]["size"])
     nc = len(cache.classes)
