@@ -184,17 +184,22 @@ def config_to_dict(cfg: Any) -> dict:
     return conv(cfg)
 
 
+def _read_mapping(path: Path) -> dict:
+    """A YAML file whose top level is a mapping (an empty file is ``{}``)."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
 def build_config(cls: type[T], preset: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Preset (name or YAML path, optional) + ``key=value`` overrides → validated dataclass ``cls``."""
     data: dict = {}
     if preset is not None:
-        path = preset_path(preset)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({e})") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
+        data = _read_mapping(preset_path(preset))
         data.pop("description", None)
     data = _merge(data, parse_overrides(overrides))
     return from_dict(cls, data)
@@ -239,13 +244,7 @@ def check_resume_config(cfg: Any, saved: str | Path) -> list[str]:
     saved = Path(saved)
     if not saved.is_file():
         return []
-    try:
-        old = yaml.safe_load(saved.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{saved}: invalid YAML ({e})") from e
-    if not isinstance(old, dict):
-        raise ConfigError(f"{saved}: top level must be a mapping")
-    changed = _changed_keys(cfg, old)
+    changed = _changed_keys(cfg, _read_mapping(saved))
     bad = [c for c in changed if c[0] not in RESUMABLE_KEYS]
     if bad:
         detail = "; ".join(f"{k}: run {a!r}, now {b!r}" for k, a, b in bad)
