@@ -18,7 +18,7 @@ from typing import Any, TypeVar, Union
 import yaml
 
 __all__ = ["ConfigError", "build_config", "from_dict", "config_to_dict", "preset_path", "list_presets", "save_config",
-           "RESUMABLE_KEYS", "check_resume_config"]
+           "RESUMABLE_KEYS", "check_resume_config", "config_source"]
 
 T = TypeVar("T")
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -211,6 +211,24 @@ def save_config(cfg: Any, path: str | Path) -> Path:
 
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def config_source(config: str | Path | None, run_dir: str | Path | None, resume: bool, default: str | None = None,
+                  example: str = "PRESET") -> str:
+    """The preset/YAML a ``train`` command builds its config from: ``config`` when given; when resuming, the run's own
+    ``run_dir/config.yaml``; otherwise ``default``. With no ``default``, a missing source is an error naming what to pass.
+    """
+    if config is not None:
+        return str(config)
+    if resume and run_dir is not None:
+        saved = Path(run_dir) / "config.yaml"
+        if saved.is_file():
+            return str(saved)
+        if default is None:
+            raise FileNotFoundError(f"{saved}: no saved config to resume from (pass --config)")
+    if default is None:
+        raise ValueError(f"--config PRESET_OR_YAML is required (e.g. --config {example})")
+    return default
 
 
 #: keys that may differ when a run is resumed: how long it runs and how it is run, not what is trained or how

@@ -97,7 +97,7 @@ def add_parser(sub) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from glfuse.classify.api import ClassifyConfig, train
-    from glfuse.config import build_config
+    from glfuse.config import build_config, config_source
 
     resume = args.resume
     run_dir = args.output
@@ -107,13 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = resume
     if run_dir is None:
         raise ValueError("--output RUN_DIR is required")
-    config = args.config
-    if resume and config is None:
-        config = str(Path(run_dir) / "config.yaml")
-        if not Path(config).is_file():
-            raise FileNotFoundError(f"{config}: no saved config to resume from")
-    if config is None:
-        raise ValueError("--config PRESET_OR_YAML is required (e.g. --config hifuse_covid_ct)")
+    config = config_source(args.config, run_dir, bool(resume), example="hifuse_covid_ct")
     cfg = build_config(ClassifyConfig, config, args.overrides)
     summary = train(cfg, run_dir, resume=bool(resume), overwrite=args.overwrite)
     best = summary.get("best_" + cfg.train.monitor)

@@ -212,18 +212,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from glfuse.config import build_config
+    from glfuse.config import build_config, config_source
     from glfuse.fusion.train import FusionConfig, train
 
     _threads(args.threads)
-    config = args.config
-    if config is None:
-        saved = Path(args.output) / "config.yaml"
-        if not args.resume:
-            raise ValueError("--config PRESET_OR_YAML is required (e.g. --config mactfusion_ct_mri)")
-        if not saved.is_file():
-            raise FileNotFoundError(f"{saved}: no saved config to resume from (pass --config)")
-        config = str(saved)
+    config = config_source(args.config, args.output, args.resume, example="mactfusion_ct_mri")
     cfg = build_config(FusionConfig, config, args.overrides)
     summary = train(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
     print(f"done: {summary['epochs_run']} epoch(s); best {summary['monitor']} = {summary.get('best_' + summary['monitor'])}"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 
 def _console():
@@ -26,14 +25,12 @@ def _console():
 
 
 def _cfg(args, run_dir: str | None = None):
-    from glfuse.config import build_config
+    from glfuse.config import build_config, config_source
     from glfuse.staging.api import StageConfig
 
-    config = args.config
-    if config is None:  # resuming: the run's own saved config (plus any overrides), else the default preset
-        saved = Path(run_dir) / "config.yaml" if run_dir else None
-        config = str(saved) if saved is not None and saved.is_file() else "vdpf_lgg"
-    return build_config(StageConfig, config, args.overrides)
+    # resuming (run_dir given): the run's own saved config plus any overrides; otherwise the default preset
+    return build_config(StageConfig, config_source(args.config, run_dir, run_dir is not None, "vdpf_lgg"),
+                        args.overrides)
 
 
 def _prepare(args) -> int:
