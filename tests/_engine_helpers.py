@@ -66,4 +66,5 @@ if __name__ == "__main__":  # torchrun entry for the DDP test
     with open(f"{out_json}.{rank}", "w") as f:
         json.dump({"n": metrics["n"], "index": outputs["index"].tolist(), "checksum": flat.sum().item(),
                    "world": dist.get_world_size()}, f)
+    dist.barrier()  # the last all_gather is finished on both ranks before either tears gloo down
     dist.destroy_process_group()
