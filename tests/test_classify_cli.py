@@ -58,19 +58,21 @@ def test_refuses_to_overwrite_then_overwrites_and_resumes(trained, capsys):
     _, data, run = trained
     args = ["classify", "train", "--config", "hifuse_covid_ct", f"data.root={data}", "data.kind=folder", *TINY,
             "--output", str(run)]
-    assert main(args) == 2
+    assert main(args) == 1
     assert "--overwrite" in capsys.readouterr().err
     # resuming with another recipe is refused with the key named; with more epochs it continues from epoch 1
-    assert main(["classify", "train", "--resume", str(run), "train.epochs=2", "train.lr=0.5"]) == 2
+    assert main(["classify", "train", "-o", str(run), "--resume", "train.epochs=2", "train.lr=0.5"]) == 1
     assert "train.lr: run" in capsys.readouterr().err
-    assert main(["classify", "train", "--resume", str(run), "train.epochs=2"]) == 0
+    assert main(["classify", "train", "-o", str(run), "--resume", "train.epochs=2"]) == 0
     log = list(csv.DictReader(open(run / "log.csv")))
     assert [r["epoch"] for r in log] == ["1", "2"]
     run2 = run.parent / "run2"
     run2.mkdir()
-    (run2 / "config.yaml").write_text("x: 1\n")
+    (run2 / "config.yaml").write_text("x: 1\n")  # an unstarted run (no completed epoch) is not a run: a plain start
     assert main(["classify", "train", "--config", "hifuse_covid_ct", f"data.root={data}", "data.kind=folder", *TINY,
-                 "--output", str(run2)]) == 2
+                 "--output", str(run2)]) == 0
+    assert main(["classify", "train", "--config", "hifuse_covid_ct", f"data.root={data}", "data.kind=folder", *TINY,
+                 "--output", str(run2)]) == 1  # now it is
     assert main(["classify", "train", "--config", "hifuse_covid_ct", f"data.root={data}", "data.kind=folder", *TINY,
                  "--output", str(run2), "--overwrite"]) == 0
     assert (run2 / "best" / "model.safetensors").exists()
@@ -86,7 +88,7 @@ def test_evaluate_predict_cam(trained, capsys):
     assert m["n"] == 8 and sum(map(sum, m["confusion_matrix"])) == 8 and m["split"] == "test"
     for f in ("per_class.csv", "confusion_matrix.csv", "confusion_matrix.png", "predictions.csv", "table.md"):
         assert (out / f).exists(), f
-    assert main(["classify", "evaluate", str(run), "--output", str(out), "--no-flops"]) == 2
+    assert main(["classify", "evaluate", str(run), "--output", str(out), "--no-flops"]) == 1
     assert "exists" in capsys.readouterr().err
     # explicit --data folder
     assert main(["classify", "evaluate", str(run / "last"), "--data", str(data / "val"), "--output", str(tmp / "ev2"),
@@ -100,22 +102,22 @@ def test_evaluate_predict_cam(trained, capsys):
     for r in rows:
         assert abs(float(r["prob_cat"]) + float(r["prob_dog"]) - 1) < 1e-4
         assert r["pred_name"] == ["cat", "dog"][int(r["pred"])]
-    assert main(["classify", "predict", str(run), str(data / "test"), "--output", str(pred)]) == 2
+    assert main(["classify", "predict", str(run), str(data / "test"), "--output", str(pred)]) == 1
 
     cams = tmp / "cams"
     assert main(["classify", "cam", str(run), str(data / "test" / "dog" / "dog1.png"), "--output", str(cams)]) == 0
     assert (cams / "dog1_cam.png").exists()
     assert main(["classify", "cam", str(run), str(data / "test" / "dog" / "dog1.png"), "--layers", "nope",
-                 "--output", str(cams), "--overwrite"]) == 2
+                 "--output", str(cams), "--overwrite"]) == 1
     assert "nope" in capsys.readouterr().err
 
 
 def test_bad_config_key_names_the_key(tmp_path, capsys):
     assert main(["classify", "train", "--config", "hifuse_covid_ct", "data.bogus=1", "--output",
-                 str(tmp_path / "r")]) == 2
+                 str(tmp_path / "r")]) == 1
     assert "data.bogus" in capsys.readouterr().err
     assert main(["classify", "train", "--config", "hifuse_covid_ct", "train.lr=abc", "--output",
-                 str(tmp_path / "r")]) == 2
+                 str(tmp_path / "r")]) == 1
     assert "train.lr" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
@@ -136,7 +138,7 @@ def test_split_command(tmp_path):
 
     sizes = {s: len(image_csv(out / f"{s}.csv")) for s in ("train", "val", "test")}
     assert sizes == {"train": 6, "val": 2, "test": 2}
-    assert main(["classify", "split", str(data / "train"), "--output", str(out)]) == 2
+    assert main(["classify", "split", str(data / "train"), "--output", str(out)]) == 1
 
 
 def test_same_seed_same_run_whatever_the_global_rng(trained, tmp_path):

@@ -36,6 +36,6 @@ def test_models_table(tmp_path, capsys):
 
 
 def test_unknown_model_is_one_line_error(capsys):
-    assert main(["models", "nope*"]) == 2
+    assert main(["models", "nope*"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("glfuse: error:") and err.count("\n") == 1

@@ -93,7 +93,7 @@ def test_run_classical_folder_and_overwrite(tmp_path, capsys):
     capsys.readouterr()
     rc = main(["fuse", "run", "--model", "average", "--a", str(a), "--b", str(b), "-o", str(out / "max")])
     err = capsys.readouterr().err
-    assert rc == 2 and "--overwrite" in err and "000.png" in err
+    assert rc == 1 and "--overwrite" in err and "000.png" in err
     assert (out / "max" / "000.png").read_bytes() == before  # nothing replaced
     assert main(["fuse", "run", "--model", "average", "--a", str(a), "--b", str(b), "-o", str(out / "max"),
                  "--overwrite"]) == 0
@@ -154,7 +154,7 @@ def test_metrics_and_compare_outputs(tmp_path, capsys):
     # re-running refuses to overwrite fused outputs unless --reuse / --overwrite
     rc = main(["fuse", "compare", "--a", str(a), "--b", str(b), "--methods", "average", "-o", str(cmp_dir),
                "--metrics", "EN", "--grid-pairs", "0"])
-    assert rc == 2
+    assert rc == 1
     assert main(["fuse", "compare", "--a", str(a), "--b", str(b), "--methods", "average", "-o", str(cmp_dir),
                  "--metrics", "EN", "--grid-pairs", "0", "--reuse"]) == 0
 
@@ -167,7 +167,7 @@ def test_convert_official_matches_golden(tmp_path):
     assert main(["fuse", "convert-official", str(ckpt), str(out)]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["arch"] == "mactfusion" and cfg["fusion"]["vis"] == "MRI" and cfg["fusion"]["ir"] == "CT"
-    assert main(["fuse", "convert-official", str(ckpt), str(out)]) == 2  # refuses to overwrite
+    assert main(["fuse", "convert-official", str(ckpt), str(out)]) == 1  # refuses to overwrite
     mri, _ = read_image(data / str(gold["vis_file"]))
     ct, _ = read_image(data / str(gold["ir_file"]))
     raw = fuse_images(str(out), mri, ct, clamp=False)  # a = MRI, b = CT; the folder needs no further arguments
@@ -189,9 +189,9 @@ def test_train_tiny_with_resume(tmp_path, capsys):
         assert (run / name).exists(), name
     split = json.loads((run / "split.json").read_text())
     assert len(split["val"]) == 1 and not set(split["val"]) & set(split["train"])
-    assert main(["fuse", "train", *common, "train.epochs=1"]) == 2  # an earlier run is not silently replaced
+    assert main(["fuse", "train", *common, "train.epochs=1"]) == 1  # an earlier run is not silently replaced
     # resuming with a different recipe is refused, naming the key (nothing is trained or written)
-    assert main(["fuse", "train", "--resume", *common, "data.crop=8", "train.epochs=2"]) == 2
+    assert main(["fuse", "train", "--resume", *common, "data.crop=8", "train.epochs=2"]) == 1
     assert "data.crop: run 16, now 8" in capsys.readouterr().err
     assert "epochs: 1\n" in (run / "config.yaml").read_text()
     # without --config a resumed run uses its own config.yaml; more epochs are allowed and recorded there
@@ -199,7 +199,7 @@ def test_train_tiny_with_resume(tmp_path, capsys):
     assert "epochs: 2\n" in (run / "config.yaml").read_text()
     log = json.loads((run / "log.json").read_text())
     assert [r["epoch"] for r in log] == [1, 2]
-    assert main(["fuse", "train", "--output", str(tmp_path / "new"), "train.epochs=1"]) == 2  # a new run needs --config
+    assert main(["fuse", "train", "--output", str(tmp_path / "new"), "train.epochs=1"]) == 1  # a new run needs --config
     assert "--config" in capsys.readouterr().err
     # exp schedule lr * 0.75^epoch; the engine logs the lr each epoch trained with
     assert [r["lr"] for r in log] == pytest.approx([1e-3, 1e-3 * 0.75])

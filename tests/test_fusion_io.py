@@ -205,5 +205,5 @@ def test_cli_reports_bad_input_on_one_line(tmp_path, capsys):
     (b / "p1.png").write_bytes(b"garbage")
     rc = main(["fuse", "run", "--model", "average", "--a", str(a), "--b", str(b), "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
-    assert rc == 2
+    assert rc == 1
     assert err.count("\n") == 0 and err.startswith("glfuse: error:") and str(b / "p1.png") in err

@@ -23,6 +23,7 @@ __all__ = [
     "save_model",
     "load_model",
     "load_config",
+    "publish_dir",
     "save_training_state",
     "load_training_state",
     "unwrap_model",
@@ -159,6 +160,20 @@ def load_model(model_dir: str | Path, map_location: str | torch.device = "cpu") 
             f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
         )
     return model.eval(), cfg
+
+
+def publish_dir(tmp: str | Path, dst: str | Path) -> None:
+    """Make the complete folder ``tmp`` become ``dst`` as one unit: ``dst`` → ``dst.old``, ``tmp`` → ``dst``, then the
+    old copy is removed. A crash between the renames leaves ``dst.old`` complete (``glfuse.runs.recover_run``)."""
+    import shutil
+
+    tmp, dst = Path(tmp), Path(dst)
+    old = dst.with_name(dst.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_training_state(state: dict[str, Any], path: str | Path) -> Path:

@@ -10,15 +10,16 @@ saved one (:func:`check_resume_config`): only :data:`RESUMABLE_KEYS` may change.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Annotated, Any, TypeVar, Union
 
 import yaml
 
-__all__ = ["ConfigError", "build_config", "from_dict", "config_to_dict", "preset_path", "list_presets", "save_config",
-           "RESUMABLE_KEYS", "check_resume_config", "config_source"]
+__all__ = ["ConfigError", "Range", "Match", "validate_config", "build_config", "from_dict", "config_to_dict",
+           "preset_path", "list_presets", "save_config", "RESUMABLE_KEYS", "check_resume_config", "config_source"]
 
 T = TypeVar("T")
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -26,6 +27,44 @@ PRESET_DIR = Path(__file__).parent / "configs"
 
 class ConfigError(ValueError):
     """A config key is unknown or has a value of the wrong type."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A declared numeric range for a config field: ``epochs: Annotated[int, Range(ge=1)] = 100``."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def describe(self) -> str:
+        parts = [f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if v is not None]
+        return " and ".join(parts)
+
+    def check(self, value: Any, key: str) -> None:
+        if value is None or isinstance(value, (list, tuple)):
+            for i, v in enumerate(value or ()):
+                self.check(v, f"{key}[{i}]")
+            return
+        ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+              and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        if not ok or value != value:  # NaN fails every range
+            raise ConfigError(f"config key {key!r}: must be {self.describe()}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """A declared pattern for a string field: ``device: Annotated[str, Match(r"auto|cpu|cuda(:\\d+)?", "auto | cpu |
+    cuda | cuda:N")]``."""
+
+    pattern: str
+    allowed: str
+
+    def check(self, value: Any, key: str) -> None:
+        if value is not None and not re.fullmatch(self.pattern, str(value)):
+            raise ConfigError(f"config key {key!r}: expected {self.allowed}, got {value!r}")
 
 
 def list_presets() -> list[str]:
@@ -88,6 +127,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        out = _coerce(value, args[0], key)
+        for rule in tp.__metadata__:
+            if isinstance(rule, (Range, Match)):
+                rule.check(out, key)
+        return out
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -99,10 +144,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
         raise ConfigError(f"config key {key!r}: expected {_tname(tp)}, got {value!r}")
-    if typing.get_origin(tp) is typing.Literal:
+    if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"config key {key!r}: expected one of {list(args)}, got {value!r}")
+            raise ConfigError(f"config key {key!r}: expected one of {' | '.join(map(str, args))}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -156,7 +203,7 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, checking keys and types recursively."""
     if not isinstance(data, dict):
         raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'!r}: expected a mapping")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in fields]
     if unknown:
@@ -165,6 +212,21 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         )
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def validate_config(cfg: Any, prefix: str = "") -> Any:
+    """Check every field of the dataclass ``cfg`` (recursively) against its declared type, ``Literal`` values,
+    :class:`Range` and :class:`Match`; raises :class:`ConfigError` naming the first bad key. Returns ``cfg``.
+
+    :func:`build_config` does this while building; call it for configs made in Python (``TrainConfig(epochs=0)``)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate_config(value, f"{prefix}{f.name}.")
+        else:
+            _coerce(config_to_dict(value), typing.get_type_hints(type(cfg), include_extras=True)[f.name],
+                    prefix + f.name)
+    return cfg
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -12,7 +12,14 @@ A *task* adapts the engine to a system. It provides
 * ``training_step(model, batch) -> loss`` (a scalar tensor) or ``(loss, {name: float})``;
 * ``predict_step(model, batch) -> {name: tensor with a leading per-sample dimension}``;
 * ``compute_metrics(outputs) -> {name: float}`` on all gathered ``predict_step`` outputs, in dataset order;
+* ``metric_names() -> list[str]``: what ``compute_metrics`` returns (``train.monitor`` is checked against it before the
+  first epoch; optional for tasks written before it, which are then checked after the first validation);
 * optionally ``batch_size(batch) -> int`` (for throughput; default: length of the first tensor).
+
+``fit`` is split into named steps: :func:`_start` (start or resume), :func:`_train_epoch`, :func:`_validate`,
+:func:`_checkpoint` (``last/`` as one unit, then ``best/``, then the logs). Whether a folder may be started, resumed or
+replaced is decided by the run lifecycle (:func:`glfuse.runs.open_run`), once for every system. The ``lr`` logged per
+epoch is the mean learning rate its iterations trained with.
 
 Run directory layout: ``config.yaml`` (resolved config, written by the caller), ``best/`` and ``last/`` (each
 ``model.safetensors`` + ``config.json``; ``last/training_state.pt`` holds optimizer, scheduler, epoch, RNG, best
@@ -21,15 +28,16 @@ metric — plain types only), ``log.csv``, ``log.json`` and ``summary.json``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -40,11 +48,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from glfuse.checkpoint import (
     WEIGHTS_NAME,
     load_training_state,
+    publish_dir,
     save_json,
     save_model,
     save_training_state,
     unwrap_model,
 )
+from glfuse.config import Match, Range, validate_config
 from glfuse.runtime import tune_cpu_allocator
 
 __all__ = [
@@ -64,38 +74,45 @@ __all__ = [
 ]
 
 
+_DEVICE = Match(r"auto|cpu|mps|cuda(:\d+)?", "auto | cpu | cuda | cuda:N | mps")
+
+
 @dataclass
 class TrainConfig:
-    """Optimisation and bookkeeping settings shared by every system (the ``train:`` section of a preset)."""
+    """Optimisation and bookkeeping settings shared by every system (the ``train:`` section of a preset).
 
-    epochs: int = 100
-    batch_size: int = 32  # per process
-    eval_batch_size: int | None = None
-    optimizer: str = "adamw"  # adamw | adam
-    lr: float = 1e-4
-    weight_decay: float = 1e-2
-    betas: tuple[float, float] = (0.9, 0.999)
+    Every enumerated field is a ``Literal`` and every number carries its allowed range (``Annotated[..., Range]``):
+    a bad value fails when the config is built, naming the key and what is allowed, before any work starts.
+    """
+
+    epochs: Annotated[int, Range(ge=1)] = 100
+    batch_size: Annotated[int, Range(ge=1)] = 32  # per process
+    eval_batch_size: Annotated[int, Range(ge=1)] | None = None
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    lr: Annotated[float, Range(ge=0)] = 1e-4
+    weight_decay: Annotated[float, Range(ge=0)] = 1e-2
+    betas: tuple[Annotated[float, Range(ge=0, lt=1)], Annotated[float, Range(ge=0, lt=1)]] = (0.9, 0.999)
     no_decay_1d: bool = True  # 1-D parameters and biases get weight decay 0 (official HiFuse train.py)
-    schedule: str = "warmup_cosine"  # warmup_cosine | exp | constant
-    warmup_epochs: float = 1.0
-    warmup_start_factor: float = 1e-3
-    end_factor: float = 0.01  # cosine ends at lr * end_factor
-    exp_gamma: float = 0.75  # schedule=exp: lr * gamma**epoch
-    accum_steps: int = 1  # optimiser step every N iterations
-    grad_clip: float | None = None  # max global grad norm
+    schedule: Literal["warmup_cosine", "exp", "constant"] = "warmup_cosine"
+    warmup_epochs: Annotated[float, Range(ge=0)] = 1.0
+    warmup_start_factor: Annotated[float, Range(gt=0, le=1)] = 1e-3
+    end_factor: Annotated[float, Range(ge=0, le=1)] = 0.01  # cosine ends at lr * end_factor
+    exp_gamma: Annotated[float, Range(gt=0, le=1)] = 0.75  # schedule=exp: lr * gamma**epoch
+    accum_steps: Annotated[int, Range(ge=1)] = 1  # optimiser step every N iterations
+    grad_clip: Annotated[float, Range(gt=0)] | None = None  # max global grad norm
     amp: bool = True  # autocast (bf16/fp16) only when CUDA is used
-    monitor: str = "acc"  # validation metric for best checkpoint / early stopping
-    monitor_mode: str = "max"  # max | min
-    early_stop_patience: int | None = None  # evaluations without improvement
-    eval_every: int = 1
-    save_every: int = 0  # also keep epoch_<n>/ every N epochs (0 = never)
-    max_steps_per_epoch: int | None = None  # shorten epochs (quick CPU runs)
+    monitor: str = "acc"  # validation metric for best checkpoint / early stopping (checked against the task's metrics)
+    monitor_mode: Literal["max", "min"] = "max"
+    early_stop_patience: Annotated[int, Range(ge=1)] | None = None  # evaluations without improvement
+    eval_every: Annotated[int, Range(ge=1)] = 1
+    save_every: Annotated[int, Range(ge=0)] = 0  # also keep epoch_<n>/ every N epochs (0 = never)
+    max_steps_per_epoch: Annotated[int, Range(ge=1)] | None = None  # shorten epochs (quick CPU runs)
     drop_last: bool = False
     shuffle: bool = True
-    num_workers: int = 0
-    seed: int = 0
+    num_workers: Annotated[int, Range(ge=0)] = 0
+    seed: Annotated[int, Range(ge=0)] = 0
     deterministic: bool = True
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: Annotated[str, _DEVICE] = "auto"
     progress: bool = True
     # glfuse.tune_cpu_allocator(): keep glibc's heap (no page faults on large activations each step). Turn off where the
     # heap fragments badly: MACTFusion training at batch 4, 256² then peaks at ~10 GiB instead of ~3 GiB.
@@ -105,11 +122,21 @@ class TrainConfig:
 class Task(Protocol):
     """What a system supplies to the engine (see module docstring)."""
 
-    def training_step(self, model: nn.Module, batch: Any) -> Any: ...
+    def training_step(self, model: nn.Module, batch: Any) -> torch.Tensor | tuple[torch.Tensor, dict[str, float]]:
+        """The loss of one batch (optionally with named extra terms to log)."""
+        ...
 
-    def predict_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]: ...
+    def predict_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """Per-sample outputs (leading batch dimension) that :meth:`compute_metrics` reads."""
+        ...
 
-    def compute_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]: ...
+    def compute_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Scalar validation metrics from all gathered outputs, in dataset order."""
+        ...
+
+    def metric_names(self) -> list[str]:
+        """The names :meth:`compute_metrics` returns; ``train.monitor`` is checked against them before training."""
+        ...
 
 
 # ----------------------------------------------------------------------------------------------------------- utilities
@@ -152,12 +179,23 @@ def _rank() -> int:
 
 
 def get_device(spec: str = "auto") -> torch.device:
-    """``auto`` → this process's CUDA device when available, else CPU."""
+    """``auto`` → this process's CUDA device when available, else CPU. A CUDA/MPS device this torch cannot use fails
+    here, naming the value, instead of deep inside the first forward pass."""
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
-    return torch.device(spec)
+    _DEVICE.check(spec, "device")
+    dev = torch.device(spec)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r}: this PyTorch build has no usable CUDA (torch {torch.__version__}); "
+                             "use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {spec!r}: MPS is not available here; use --device cpu or auto")
+    return dev
 
 
 class ShardSampler(Sampler[int]):
@@ -382,6 +420,209 @@ def _better(value: float, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
+def check_monitor(task: Any, cfg: TrainConfig, has_val: bool) -> None:
+    """Fail before training when ``cfg.monitor`` is not a metric the task reports (tasks declare ``metric_names()``)."""
+    if not has_val or not hasattr(task, "metric_names"):
+        return
+    names = list(task.metric_names())
+    if cfg.monitor not in names:
+        raise ValueError(f"config key 'train.monitor': {cfg.monitor!r} is not a validation metric of this task; "
+                         f"allowed: {', '.join(names)}")
+
+
+@dataclass
+class _Fit:
+    """Everything one ``fit`` call works with, built by :func:`_start`."""
+
+    cfg: TrainConfig
+    task: Any
+    run_dir: Path
+    base: nn.Module
+    ddp_model: nn.Module
+    device: torch.device
+    rank: int
+    world: int
+    sampler: _TrainSampler
+    loader: DataLoader
+    iters_per_epoch: int
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: Any
+    use_amp: bool
+    amp_dtype: torch.dtype
+    start_epoch: int = 0
+    best: float | None = None
+    bad_evals: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _start(model: nn.Module, task: Any, train_ds: Dataset, cfg: TrainConfig, run_dir: Path, resume: bool,
+           collate_fn: Callable | None) -> _Fit:
+    """Start or resume: distributed set-up, device, seeds, DDP wrapper, loader, optimiser, schedule, AMP, saved state."""
+    if cfg.tune_allocator:
+        tune_cpu_allocator()
+    rank, world, _ = setup_distributed()
+    device = get_device(cfg.device)
+    seed_everything(cfg.seed + rank, cfg.deterministic)
+    last_dir = run_dir / "last"
+    if resume and not last_dir.exists() and (run_dir / "last.old").exists():
+        os.replace(run_dir / "last.old", last_dir)  # crashed between the two renames of publish_dir
+    if not resume and (last_dir.exists() or (run_dir / "last.old").exists()):
+        raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume or choose another --output")
+    if resume and not (last_dir / "training_state.pt").exists():
+        raise FileNotFoundError(f"{last_dir / 'training_state.pt'}: nothing to resume (no completed epoch saved in "
+                                f"{run_dir})")
+    base = unwrap_model(model)
+    model.to(device)
+    if device.type == "cuda" and getattr(base, "channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
+    ddp_model: nn.Module = model
+    if world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = _TrainSampler(len(train_ds), cfg.seed, cfg.shuffle, rank, world)
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                        collate_fn=collate_fn, drop_last=cfg.drop_last, worker_init_fn=_worker_init,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    iters = min(len(loader), cfg.max_steps_per_epoch or len(loader))
+    if iters == 0:
+        raise ValueError(f"training set too small for batch_size={cfg.batch_size} with drop_last={cfg.drop_last}")
+    opt = build_optimizer(base, cfg)
+    sched = build_scheduler(opt, cfg, math.ceil(iters / cfg.accum_steps))
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    f = _Fit(cfg, task, run_dir, base, ddp_model, device, rank, world, sampler, loader, iters, opt, sched, scaler,
+             use_amp, amp_dtype)
+    if resume:
+        _load_state(f, last_dir)
+    return f
+
+
+def _load_state(f: _Fit, last_dir: Path) -> None:
+    """Weights, optimiser, schedule, scaler, counters and RNG of the last completed epoch."""
+    from safetensors.torch import load_file
+
+    st = load_training_state(last_dir / "training_state.pt")
+    f.base.load_state_dict(load_file(str(last_dir / WEIGHTS_NAME), device=str(f.device)))
+    f.opt.load_state_dict(st["optimizer"])
+    f.sched.load_state_dict(st["scheduler"])
+    if st.get("scaler"):
+        f.scaler.load_state_dict(st["scaler"])
+    f.start_epoch, f.best, f.bad_evals, f.history = st["epoch"] + 1, st["best"], st["bad_evals"], list(st["history"])
+    _set_rng_state(st["rng"][f.rank] if f.rank < len(st["rng"]) else st["rng"][0])
+
+
+def _train_epoch(f: _Fit, epoch: int, bar: Any) -> dict[str, Any]:
+    """One epoch of optimisation; returns its log row (mean loss, the mean lr it trained with, time, throughput)."""
+    cfg = f.cfg
+    f.sampler.set_epoch(epoch)
+    f.ddp_model.train()
+    t0 = time.perf_counter()
+    n_seen, loss_sum, lr_sum, extra_sum = 0, 0.0, 0.0, {}
+    job = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=f.iters_per_epoch, info="")
+    f.opt.zero_grad(set_to_none=True)
+    for it, batch in enumerate(f.loader):
+        if it >= f.iters_per_epoch:
+            break
+        lr_sum += f.opt.param_groups[0]["lr"]
+        loss, logs = _train_step(f, it, _to_device(batch, f.device), epoch)
+        bs = _batch_size(f.task, batch)
+        n_seen += bs
+        loss_sum += loss * bs
+        for k, v in logs.items():
+            extra_sum[k] = extra_sum.get(k, 0.0) + float(v) * bs
+        dt = time.perf_counter() - t0
+        bar.update(job, advance=1, info=f"loss {loss_sum / n_seen:.4f}  lr {f.opt.param_groups[0]['lr']:.2e}  "
+                                        f"{n_seen * f.world / max(dt, 1e-9):.1f} img/s")
+    bar.remove_task(job)
+    train_time = time.perf_counter() - t0
+    row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_seen, 1),
+                           "lr": lr_sum / f.iters_per_epoch, "train_time_s": round(train_time, 3),
+                           "train_samples_per_s": round(n_seen * f.world / max(train_time, 1e-9), 3)}
+    row.update({f"train_{k}": v / max(n_seen, 1) for k, v in extra_sum.items()})
+    return row
+
+
+def _train_step(f: _Fit, it: int, batch: Any, epoch: int) -> tuple[float, dict[str, Any]]:
+    """Forward/backward of one iteration; an optimiser step at the end of each accumulation group."""
+    cfg = f.cfg
+    last_of_group = (it + 1) % cfg.accum_steps == 0 or it + 1 == f.iters_per_epoch
+    group = min(cfg.accum_steps, f.iters_per_epoch - (it // cfg.accum_steps) * cfg.accum_steps)
+    no_sync = f.world > 1 and not last_of_group
+    with f.ddp_model.no_sync() if no_sync else contextlib.nullcontext():
+        with torch.autocast(f.device.type, dtype=f.amp_dtype, enabled=f.use_amp):
+            res = f.task.training_step(f.ddp_model, batch)
+        loss, logs = (res if isinstance(res, tuple) else (res, {}))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, iteration {it + 1} "
+                                     "(lower train.lr, or check the data for NaN/Inf)")
+        f.scaler.scale(loss / group).backward()
+    if last_of_group:
+        if cfg.grad_clip:
+            f.scaler.unscale_(f.opt)
+            torch.nn.utils.clip_grad_norm_(f.base.parameters(), cfg.grad_clip)
+        f.scaler.step(f.opt)
+        f.scaler.update()
+        f.opt.zero_grad(set_to_none=True)
+        f.sched.step()
+    return loss.item(), logs
+
+
+def _validate(f: _Fit, epoch: int, val_ds: Dataset | None, row: dict[str, Any], collate_fn: Callable | None) -> bool:
+    """Validate when due; adds ``val_*`` to ``row``; returns whether the monitored metric improved."""
+    cfg = f.cfg
+    if val_ds is None:
+        return True
+    if (epoch + 1) % cfg.eval_every != 0 and epoch + 1 != cfg.epochs:
+        return False
+    metrics, _ = evaluate(f.base, f.task, val_ds, batch_size=cfg.eval_batch_size or cfg.batch_size,
+                          num_workers=cfg.num_workers, device=f.device, collate_fn=collate_fn, progress=cfg.progress,
+                          description="  validate", tune_allocator=cfg.tune_allocator)
+    row.update({f"val_{k}": v for k, v in metrics.items()})
+    if cfg.monitor not in metrics:
+        raise KeyError(f"config key 'train.monitor': {cfg.monitor!r} is not a validation metric; "
+                       f"available: {', '.join(metrics)}")
+    if _better(metrics[cfg.monitor], f.best, cfg.monitor_mode):
+        f.best, f.bad_evals = float(metrics[cfg.monitor]), 0
+        return True
+    f.bad_evals += 1
+    return False
+
+
+def _checkpoint(f: _Fit, epoch: int, improved: bool, model_extra: dict[str, Any] | None) -> None:
+    """Rank 0: ``last/`` (weights + training state) as one unit, then ``best/`` / ``epoch_N/``, then the logs — a log
+    is never ahead of the checkpoint it describes."""
+    rngs = _gather_rng()  # collective: every rank
+    if not f.main:
+        return
+    cfg = f.cfg
+    state = {"optimizer": f.opt.state_dict(), "scheduler": f.sched.state_dict(),
+             "scaler": f.scaler.state_dict() if f.scaler.is_enabled() else {},
+             "epoch": epoch, "best": f.best, "bad_evals": f.bad_evals, "history": f.history,
+             "rng": rngs, "world_size": f.world}
+    _save_last(f.base, f.run_dir, {**(model_extra or {}), "epoch": epoch + 1}, state)
+    # best/ and epoch_N/ share last/'s weights file by hard link (one 0.5 GB write per epoch, not two)
+    if improved:
+        _publish(f.run_dir / "last", f.run_dir / "best", {"monitor": cfg.monitor, "best": f.best})
+    if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
+        _publish(f.run_dir / "last", f.run_dir / f"epoch_{epoch + 1}", {})
+    _write_logs(f.run_dir, f.history)
+
+
+def _print_epoch(f: _Fit, bar: Any, row: dict[str, Any], improved: bool, has_val: bool) -> None:
+    if not (f.main and f.cfg.progress):
+        return
+    shown = {k: v for k, v in row.items() if k.startswith("val_") or k == "train_loss"}
+    bar.console.print(f"epoch {row['epoch']}/{f.cfg.epochs}  " + "  ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+        + f"  ({row['train_time_s']:.0f} s, {row['train_samples_per_s']:.1f} samples/s)"
+        + ("  *best*" if improved and has_val else ""))
+
+
 def fit(
     model: nn.Module,
     task: Any,
@@ -397,6 +638,10 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``model`` on ``train_ds``; validate on ``val_ds`` each ``eval_every`` epochs; write ``run_dir``.
 
+    The steps: :func:`_start` (start or resume), then per epoch :func:`_train_epoch`, :func:`_validate`,
+    :func:`_checkpoint`. Deciding *whether* a folder may be started, resumed or replaced is the run lifecycle's job
+    (:func:`glfuse.runs.open_run`); ``fit`` only refuses to start over a folder that already holds ``last/``.
+
     Args:
         model: built with :func:`glfuse.create_model` (its ``glfuse_cfg`` goes into the saved ``config.json``).
         task: see module docstring.
@@ -405,197 +650,78 @@ def fit(
         run_dir: output folder. It must not hold an earlier run unless ``resume=True``.
         resume: continue from ``run_dir/last`` exactly where the earlier run stopped.
         model_extra: extra ``config.json`` entries for saved models (class names, preprocessing, ...).
-        callbacks: called as ``cb(epoch, log_row)`` on the main process after each epoch.
+        callbacks: called as ``cb(epoch, log_row)`` on the main process after each epoch's checkpoint.
 
     Returns the summary dict (also written to ``summary.json``).
     """
     run_dir = Path(run_dir)
-    if cfg.tune_allocator:
-        tune_cpu_allocator()
-    rank, world, _ = setup_distributed()
-    main = rank == 0
-    device = get_device(cfg.device)
-    seed_everything(cfg.seed + rank, cfg.deterministic)
-    last_dir = run_dir / "last"
-    state_path = last_dir / "training_state.pt"
-    if resume and not last_dir.exists() and (run_dir / "last.old").exists():
-        os.replace(run_dir / "last.old", last_dir)  # crashed between the two renames of _save_last
-    if not resume and (last_dir.exists() or (run_dir / "last.old").exists()):
-        raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume or choose another --output")
-    if resume and not state_path.exists():
-        raise FileNotFoundError(f"{state_path}: nothing to resume (no completed epoch saved in {run_dir})")
-
-    base = unwrap_model(model)
-    model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last) if getattr(base, "channels_last", False) else model
-    ddp_model: nn.Module = model
-    if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    sampler = _TrainSampler(len(train_ds), cfg.seed, cfg.shuffle, rank, world)
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        collate_fn=collate_fn, drop_last=cfg.drop_last, worker_init_fn=_worker_init,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
-    iters_per_epoch = len(loader)
-    if cfg.max_steps_per_epoch:
-        iters_per_epoch = min(iters_per_epoch, cfg.max_steps_per_epoch)
-    if iters_per_epoch == 0:
-        raise ValueError(f"training set too small for batch_size={cfg.batch_size} with drop_last={cfg.drop_last}")
-    steps_per_epoch = math.ceil(iters_per_epoch / cfg.accum_steps)
-    opt = build_optimizer(base, cfg)
-    sched = build_scheduler(opt, cfg, steps_per_epoch)
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
-    start_epoch, best, bad_evals, history = 0, None, 0, []
-    if resume:
-        from safetensors.torch import load_file
-
-        st = load_training_state(state_path)
-        base.load_state_dict(load_file(str(last_dir / WEIGHTS_NAME), device=str(device)))
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        if "scaler" in st and st["scaler"]:
-            scaler.load_state_dict(st["scaler"])
-        start_epoch, best, bad_evals, history = st["epoch"] + 1, st["best"], st["bad_evals"], list(st["history"])
-        _set_rng_state(st["rng"][rank] if rank < len(st["rng"]) else st["rng"][0])
-    if main:
+    validate_config(cfg, "train.")
+    check_monitor(task, cfg, val_ds is not None)
+    f = _start(model, task, train_ds, cfg, run_dir, resume, collate_fn)
+    if f.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-
     stopped_early = False
-    with progress_bar(cfg.progress and main) as bar:
-        for epoch in range(start_epoch, cfg.epochs):
-            sampler.set_epoch(epoch)
-            ddp_model.train()
-            t0 = time.perf_counter()
-            epoch_lr = opt.param_groups[0]["lr"]  # logged: the lr this epoch starts with (per-iteration schedules move on)
-            n_seen, loss_sum, extra_sum = 0, 0.0, {}
-            job = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=iters_per_epoch, info="")
-            opt.zero_grad(set_to_none=True)
-            for it, batch in enumerate(loader):
-                if it >= iters_per_epoch:
-                    break
-                batch = _to_device(batch, device)
-                last_of_group = (it + 1) % cfg.accum_steps == 0 or it + 1 == iters_per_epoch
-                group = min(cfg.accum_steps, iters_per_epoch - (it // cfg.accum_steps) * cfg.accum_steps)
-                sync = last_of_group or world == 1
-                ctx = ddp_model.no_sync() if (world > 1 and not sync) else _null()
-                with ctx:
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                        res = task.training_step(ddp_model, batch)
-                    loss, logs = (res if isinstance(res, tuple) else (res, {}))
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, iteration {it + 1}")
-                    scaler.scale(loss / group).backward()
-                if last_of_group:
-                    if cfg.grad_clip:
-                        scaler.unscale_(opt)
-                        torch.nn.utils.clip_grad_norm_(base.parameters(), cfg.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
-                    opt.zero_grad(set_to_none=True)
-                    sched.step()
-                bs = _batch_size(task, batch)
-                n_seen += bs
-                loss_sum += loss.item() * bs
-                for k, v in logs.items():
-                    extra_sum[k] = extra_sum.get(k, 0.0) + float(v) * bs
-                dt = time.perf_counter() - t0
-                bar.update(job, advance=1, info=f"loss {loss_sum / n_seen:.4f}  lr {opt.param_groups[0]['lr']:.2e}  "
-                                                f"{n_seen * world / max(dt, 1e-9):.1f} img/s")
-            train_time = time.perf_counter() - t0
-            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_seen, 1),
-                                   "lr": epoch_lr, "train_time_s": round(train_time, 3),
-                                   "train_samples_per_s": round(n_seen * world / max(train_time, 1e-9), 3)}
-            row.update({f"train_{k}": v / max(n_seen, 1) for k, v in extra_sum.items()})
-            improved = False
-            if val_ds is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-                metrics, _ = evaluate(base, task, val_ds, batch_size=cfg.eval_batch_size or cfg.batch_size,
-                                      num_workers=cfg.num_workers, device=device, collate_fn=collate_fn,
-                                      progress=cfg.progress, description="  validate",
-                                      tune_allocator=cfg.tune_allocator)
-                row.update({f"val_{k}": v for k, v in metrics.items()})
-                if cfg.monitor not in metrics:
-                    raise KeyError(f"config key 'train.monitor': {cfg.monitor!r} is not a validation metric; "
-                                   f"available: {', '.join(metrics)}")
-                if _better(metrics[cfg.monitor], best, cfg.monitor_mode):
-                    best, bad_evals, improved = float(metrics[cfg.monitor]), 0, True
-                else:
-                    bad_evals += 1
-            elif val_ds is None:
-                improved = True
-            history.append(row)
-            if main and cfg.progress:
-                shown = {k: v for k, v in row.items() if k.startswith("val_") or k == "train_loss"}
-                bar.console.print(f"epoch {epoch + 1}/{cfg.epochs}  " + "  ".join(
-                    f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
-                    + f"  ({row['train_time_s']:.0f} s, {row['train_samples_per_s']:.1f} samples/s)"
-                    + ("  *best*" if improved and val_ds is not None else ""))
-            stop = cfg.early_stop_patience is not None and bad_evals >= cfg.early_stop_patience
-            rngs = _gather_rng()
-            if main:
-                _write_logs(run_dir, history)
-                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                         "epoch": epoch, "best": best, "bad_evals": bad_evals, "history": history,
-                         "rng": rngs, "world_size": world}
-                _save_last(base, run_dir, {**(model_extra or {}), "epoch": epoch + 1}, state)
-                # best/ and epoch_N/ share last/'s weights file by hard link (one 0.5 GB write per epoch, not two)
-                if improved:
-                    _publish(last_dir, run_dir / "best", {"monitor": cfg.monitor, "best": best})
-                if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
-                    _publish(last_dir, run_dir / f"epoch_{epoch + 1}", {})
+    with progress_bar(cfg.progress and f.main) as bar:
+        for epoch in range(f.start_epoch, cfg.epochs):
+            row = _train_epoch(f, epoch, bar)
+            improved = _validate(f, epoch, val_ds, row, collate_fn)
+            f.history.append(row)
+            _print_epoch(f, bar, row, improved, val_ds is not None)
+            _checkpoint(f, epoch, improved, model_extra)
+            if f.main:
                 for cb in callbacks:
                     cb(epoch, row)
-            if world > 1:
+            if f.world > 1:
                 dist.barrier()
-            bar.remove_task(job)
-            if stop:
+            if cfg.early_stop_patience is not None and f.bad_evals >= cfg.early_stop_patience:
                 stopped_early = True
                 break
-    summary = {"epochs_run": len(history), "best_" + cfg.monitor: best, "monitor": cfg.monitor,
-               "stopped_early": stopped_early, "last": history[-1] if history else {}, "world_size": world}
-    if main:
+    summary = {"epochs_run": len(f.history), "best_" + cfg.monitor: f.best, "monitor": cfg.monitor,
+               "stopped_early": stopped_early, "last": f.history[-1] if f.history else {}, "world_size": f.world}
+    if f.main:
         save_json(summary, run_dir / "summary.json")
     return summary
 
 
 def _save_last(model: nn.Module, run_dir: Path, extra: dict[str, Any], state: dict[str, Any]) -> None:
-    """Weights + training state into ``last.tmp/``, then swap directories, so ``last/`` is always one consistent pair."""
+    """Weights + training state into ``last.tmp/``, then swap it in as one unit (:func:`glfuse.checkpoint.publish_dir`)."""
     import shutil
 
-    tmp, last, old = run_dir / "last.tmp", run_dir / "last", run_dir / "last.old"
+    tmp = run_dir / "last.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, tmp, extra=extra)
     save_training_state(state, tmp / "training_state.pt")
-    shutil.rmtree(old, ignore_errors=True)
-    if last.exists():
-        os.replace(last, old)
-    os.replace(tmp, last)
-    shutil.rmtree(old, ignore_errors=True)
+    publish_dir(tmp, run_dir / "last")
 
 
 def _publish(src: Path, dst: Path, extra: dict[str, Any]) -> None:
-    """Expose ``src``'s weights as ``dst/`` (hard link when possible, else copy) with its config plus ``extra``."""
+    """Expose ``src``'s weights as ``dst/`` with its config plus ``extra``: built complete in ``dst.tmp/`` (weights by
+    hard link when possible, else copied), then swapped in as one unit, so ``dst/`` never mixes two epochs."""
     import json
     import shutil
 
     from glfuse.checkpoint import CONFIG_NAME
 
-    dst.mkdir(parents=True, exist_ok=True)
-    tmp = dst / f".{WEIGHTS_NAME}.tmp"
-    if tmp.exists():
-        tmp.unlink()
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     try:
-        os.link(src / WEIGHTS_NAME, tmp)
+        os.link(src / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
     except OSError:
-        shutil.copyfile(src / WEIGHTS_NAME, tmp)
-    os.replace(tmp, dst / WEIGHTS_NAME)
+        shutil.copyfile(src / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
     cfg = json.loads((src / CONFIG_NAME).read_text())
     cfg.update(extra)
-    save_json(cfg, dst / CONFIG_NAME)
+    save_json(cfg, tmp / CONFIG_NAME)
+    publish_dir(tmp, dst)
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank (identity without torch.distributed)."""
+    if _world() <= 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def _gather_rng() -> list[dict[str, Any]]:
@@ -605,14 +731,6 @@ def _gather_rng() -> list[dict[str, Any]]:
         dist.all_gather_object(out, st)
         return out
     return [st]
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _write_logs(run_dir: Path, history: list[dict[str, Any]]) -> None:

@@ -61,7 +61,7 @@ def model_summary(name: str, flops: bool = True, **kwargs: Any) -> dict[str, Any
     with torch.device("meta"):
         try:
             model = create_model(name, **kw)
-        except TypeError:  # e.g. num_classes for a model without a classifier head (mactfusion)
+        except (TypeError, ValueError):  # e.g. num_classes for a model without a classifier head (mactfusion)
             model = create_model(name)
     params = count_params(model)
     inputs = example_inputs(model, 1, "meta")

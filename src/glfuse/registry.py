@@ -1,8 +1,13 @@
 """Model registry in timm's style, plus the registry of official-checkpoint converters.
 
-``@register_model`` registers a factory under its function name; ``create_model(name, **kw)`` builds it and records the
-architecture name and constructor arguments on ``model.glfuse_cfg`` so that :mod:`glfuse.checkpoint` can save a
-self-describing ``config.json``. ``load_official(name, path_or_state_dict, **kw)`` is the single entry point that turns an
+``@register_model`` registers a factory under its function name, with its declared contract (:class:`ModelInfo`, like
+timm's pretrained configs): what it takes as input (an image, an image + lesion-box mask, or a registered modality pair),
+channels, default input size, whether the factory takes ``img_size``, and which constructor arguments are init-only
+(e.g. a weights file used once to initialise: never recorded, so a saved model never depends on that file).
+Systems ask :func:`model_info` instead of guessing from a name prefix or a ``forward`` signature.
+``create_model(name, **kw)`` builds a model and records the architecture name and the (non-init-only) constructor
+arguments on ``model.glfuse_cfg`` so that :mod:`glfuse.checkpoint` can save a self-describing ``config.json``.
+``load_official(name, path_or_state_dict, **kw)`` is the single entry point that turns an
 official research checkpoint into one of our models (each system registers its converter with ``@register_official``).
 """
 
@@ -10,13 +15,16 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 __all__ = [
+    "ModelInfo",
+    "model_info",
     "register_model",
     "create_model",
     "list_models",
@@ -28,7 +36,35 @@ __all__ = [
 ]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_INFO: dict[str, ModelInfo] = {}
 _CONVERTERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The declared contract of a registered model.
+
+    Args:
+        input: ``"image"`` (``forward(x)``, a classifier), ``"image+box"`` (``forward(image, box_mask)``, VDPF) or
+            ``"pair"`` (``forward(vis_y, ir)``, a fusion network).
+        in_chans: input channels by default (per input for two-input models).
+        img_size: default input size (square), or None when any size works.
+        size_arg: the factory takes ``img_size`` (position embeddings / windows depend on it).
+        init_only: constructor arguments used only to initialise (weights files); never recorded in ``model_args``.
+        paper: the publication, for reports and model cards.
+    """
+
+    input: Literal["image", "image+box", "pair"] = "image"
+    in_chans: int = 3
+    img_size: int | None = 224
+    size_arg: bool = False
+    init_only: tuple[str, ...] = ()
+    paper: str = ""
+
+    @property
+    def dual(self) -> bool:
+        """True for two-input models (``image+box`` or ``pair``)."""
+        return self.input != "image"
 
 
 def _ensure_models_imported() -> None:
@@ -36,13 +72,25 @@ def _ensure_models_imported() -> None:
     import glfuse.models  # noqa: F401
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a model factory under its function name (decorator)."""
-    name = fn.__name__
-    if name in _MODELS and _MODELS[name] is not fn:
-        raise ValueError(f"model name {name!r} registered twice")
-    _MODELS[name] = fn
-    return fn
+def register_model(fn: Callable[..., nn.Module] | None = None, **info: Any) -> Any:
+    """Register a model factory under its function name (decorator): ``@register_model`` or
+    ``@register_model(input="pair", in_chans=1, img_size=None)`` with :class:`ModelInfo` fields."""
+
+    def deco(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = f.__name__
+        if name in _MODELS and _MODELS[name] is not f:
+            raise ValueError(f"model name {name!r} registered twice")
+        _MODELS[name] = f
+        _INFO[name] = ModelInfo(**info)
+        return f
+
+    return deco(fn) if fn is not None else deco
+
+
+def model_info(name: str) -> ModelInfo:
+    """The :class:`ModelInfo` of a registered model (``timm:<name>``: a plain image classifier)."""
+    model_entrypoint(name)  # a clear error for unknown names
+    return _INFO.get(name, ModelInfo())
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -81,10 +129,18 @@ def model_entrypoint(name: str) -> Callable[..., nn.Module]:
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model, e.g. ``create_model("hifuse_tiny", num_classes=7)``.
 
-    The name and keyword arguments are stored on ``model.glfuse_cfg`` (``{"arch": name, "model_args": kwargs}``).
+    The name and keyword arguments are stored on ``model.glfuse_cfg`` (``{"arch": name, "model_args": kwargs}``), less
+    the model's init-only arguments (:attr:`ModelInfo.init_only`). An argument the factory does not take fails naming it.
     """
-    model = model_entrypoint(name)(**kwargs)
-    model.glfuse_cfg = {"arch": name, "model_args": dict(kwargs)}
+    fn = model_entrypoint(name)
+    try:
+        model = fn(**kwargs)
+    except TypeError as e:
+        if "argument" not in str(e):
+            raise
+        raise ValueError(f"model {name!r}: bad constructor argument(s) {sorted(kwargs)} ({e})") from e
+    skip = model_info(name).init_only
+    model.glfuse_cfg = {"arch": name, "model_args": {k: v for k, v in kwargs.items() if k not in skip}}
     return model
 
 

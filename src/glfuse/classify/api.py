@@ -14,16 +14,15 @@ training-time eval transform. Nothing is overwritten unless ``overwrite=True``.
 from __future__ import annotations
 
 import csv
-import inspect
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glfuse.config import Range
 from glfuse.engine import TrainConfig
 
 __all__ = [
@@ -63,21 +62,21 @@ class DataSection:
     directory. ``val``/``test`` may be null.
     """
 
-    kind: str = "folder"  # folder | csv | splitfiles
+    kind: Literal["folder", "csv", "splitfiles"] = "folder"
     root: str | None = None
     train: str = "train"
     val: str | None = "val"
     test: str | None = "test"
     split_dir: str | None = None  # splitfiles: default <root>/Data-split
     class_dirs: dict[str, str] = field(default_factory=dict)  # splitfiles: {split class: image folder}
-    img_size: int = 224
-    resize_size: int | None = None  # eval resize of the shorter side; default img_size * 256 / 224
-    in_chans: int = 3  # 3 = RGB, 1 = grey
+    img_size: Annotated[int, Range(ge=8)] = 224
+    resize_size: Annotated[int, Range(ge=8)] | None = None  # eval resize of the shorter side; default img_size*256/224
+    in_chans: Literal[1, 3] = 3  # 3 = RGB, 1 = grey
     mean: list[float] = field(default_factory=lambda: [0.5])
-    std: list[float] = field(default_factory=lambda: [0.5])
-    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
-    ratio: tuple[float, float] = (0.75, 1.3333333333333333)  # RandomResizedCrop aspect range
-    hflip: float = 0.5
+    std: list[Annotated[float, Range(gt=0)]] = field(default_factory=lambda: [0.5])
+    scale: tuple[Annotated[float, Range(gt=0, le=1)], Annotated[float, Range(gt=0, le=1)]] = (0.08, 1.0)  # crop area
+    ratio: tuple[Annotated[float, Range(gt=0)], Annotated[float, Range(gt=0)]] = (0.75, 1.3333333333333333)  # aspect
+    hflip: Annotated[float, Range(ge=0, le=1)] = 0.5
     skip_bad: bool = False  # leave out unreadable images (with a warning) instead of failing
 
 
@@ -114,6 +113,11 @@ class ClassificationTask:
         m = classification_metrics(outputs["probs"], outputs["targets"], self.class_names)
         return {k: (float("nan") if m[k] is None else float(m[k])) for k in SCALAR_KEYS}
 
+    def metric_names(self) -> list[str]:
+        from glfuse.metrics.classification import SCALAR_KEYS
+
+        return list(SCALAR_KEYS)
+
 
 # --------------------------------------------------------------------------------------------------------------- data
 def _preprocessing(d: DataSection) -> dict[str, Any]:
@@ -131,16 +135,13 @@ def _eval_transform(pre: dict[str, Any]):
 
 
 def _check_data(d: DataSection) -> None:
-    if d.kind not in ("folder", "csv", "splitfiles"):
-        raise ValueError(f"config key 'data.kind': expected folder|csv|splitfiles, got {d.kind!r}")
-    if d.in_chans not in (1, 3):
-        raise ValueError(f"config key 'data.in_chans': expected 1 or 3, got {d.in_chans}")
     if d.kind == "splitfiles" and not d.root:
         raise ValueError("config key 'data.root': required for data.kind=splitfiles")
     if d.kind == "folder" and not d.root and not Path(d.train).is_absolute():
         raise ValueError("config key 'data.root': required for data.kind=folder (or give absolute data.train paths)")
-    if d.img_size <= 0:
-        raise ValueError(f"config key 'data.img_size': must be positive, got {d.img_size}")
+    if len(d.mean) not in (1, d.in_chans) or len(d.std) not in (1, d.in_chans):
+        raise ValueError(f"config keys 'data.mean'/'data.std': need 1 or data.in_chans={d.in_chans} values, got "
+                         f"{d.mean} / {d.std}")
 
 
 def _dataset(d: DataSection, split: str, train: bool, class_names: list[str] | None = None):
@@ -186,7 +187,7 @@ def _resolve_paths(cfg: ClassifyConfig) -> None:
 
 # -------------------------------------------------------------------------------------------------------------- model
 def _model_args(cfg: ClassifyConfig, num_classes: int) -> dict[str, Any]:
-    from glfuse.registry import model_entrypoint
+    from glfuse.registry import model_info
 
     args = dict(cfg.model.args)
     if "num_classes" in args and args["num_classes"] != num_classes:
@@ -194,30 +195,25 @@ def _model_args(cfg: ClassifyConfig, num_classes: int) -> dict[str, Any]:
                          "classes (leave it unset)")
     args["num_classes"] = num_classes
     args.setdefault("in_chans", cfg.data.in_chans)
-    if "img_size" not in args and not cfg.model.name.startswith("timm:"):
-        try:
-            params = inspect.signature(model_entrypoint(cfg.model.name)).parameters
-        except KeyError as e:
-            raise ValueError(f"config key 'model.name': {e.args[0]}") from e
-        if "img_size" in params and cfg.data.img_size != 224:
-            args["img_size"] = cfg.data.img_size
+    try:
+        info = model_info(cfg.model.name)
+    except KeyError as e:
+        raise ValueError(f"config key 'model.name': {e.args[0]}") from e
+    if info.input != "image":
+        raise ValueError(f"config key 'model.name': {cfg.model.name!r} takes {info.input!r} input, not an image "
+                         "classifier (see `glfuse models`)")
+    if info.size_arg and "img_size" not in args and cfg.data.img_size != info.img_size:
+        args["img_size"] = cfg.data.img_size
     return args
 
 
-def _model_dir(path: str | Path) -> Path:
-    p = Path(path)
-    if (p / "config.json").is_file():
-        return p
-    if (p / "best" / "config.json").is_file():
-        return p / "best"
-    raise FileNotFoundError(f"{p}: not a model folder (no config.json) nor a run folder (no best/config.json)")
-
-
 def load_classifier(model_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any], Path]:
-    """(model in eval mode, its config.json, the model folder) from a model folder or run folder."""
+    """(model in eval mode, its config.json, the model folder) from a model folder or run folder (its ``best/``).
+    A model folder of another system fails naming it."""
     from glfuse.checkpoint import load_model
+    from glfuse.runs import open_model_dir
 
-    mdir = _model_dir(model_dir)
+    mdir, _ = open_model_dir(model_dir, "classification")
     model, mcfg = load_model(mdir, map_location="cpu")
     if "class_names" not in mcfg or "preprocessing" not in mcfg:
         raise ValueError(f"{mdir / 'config.json'}: no class_names/preprocessing (not a glfuse classifier)")
@@ -231,33 +227,28 @@ def _device(spec: str) -> torch.device:
 
 
 # -------------------------------------------------------------------------------------------------------------- train
-_RUN_OUTPUTS = ("config.yaml", "log.csv", "log.json", "summary.json")
-
-
-def train(cfg: ClassifyConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def train(cfg: ClassifyConfig, run_dir: str | Path, *, resume: bool | str = False,
+          overwrite: bool = False) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data`` into ``run_dir``; returns the engine summary.
 
-    ``resume=True`` continues the run in ``run_dir`` from its last completed epoch. An existing run is never replaced
-    unless ``overwrite=True`` (which deletes its outputs first).
+    ``resume``: ``True`` continues the run in ``run_dir`` from its last completed epoch, ``"auto"`` resumes when there
+    is one and starts otherwise (see :func:`glfuse.runs.open_run` for the whole policy, the lock and distributed runs).
+    An existing run is never replaced unless ``overwrite=True``.
     """
+    from glfuse.runs import open_run
+
+    with open_run(run_dir, "classification", resume=resume, overwrite=overwrite) as run:
+        return _train(cfg, run)
+
+
+def _train(cfg: ClassifyConfig, run: Any) -> dict[str, Any]:
     from glfuse.config import check_resume_config, save_config
-    from glfuse.engine import fit, is_main_process, seed_everything
+    from glfuse.engine import fit, seed_everything
     from glfuse.registry import create_model
 
-    run_dir = Path(run_dir)
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
-    existing = [run_dir / n for n in _RUN_OUTPUTS if (run_dir / n).exists()]
-    existing += [p for p in run_dir.glob("*") if p.is_dir() and (p.name in ("best", "last") or p.name.startswith("epoch_"))]
-    if existing and not resume:
-        if not overwrite:
-            raise FileExistsError(f"{run_dir} already holds a run ({existing[0].name}); pass --overwrite to replace it "
-                                  "or --resume to continue it")
-        if is_main_process():
-            for p in existing:
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    run_dir = run.dir
     _resolve_paths(cfg)
-    if resume:
+    if run.resume:
         check_resume_config(cfg, run_dir / "config.yaml")  # only e.g. train.epochs may change
     data = build_datasets(cfg, ("train", "val"))
     train_ds, val_ds = data["train"], data.get("val")
@@ -266,12 +257,11 @@ def train(cfg: ClassifyConfig, run_dir: str | Path, *, resume: bool = False, ove
         raise ValueError(f"training data has {len(classes)} class(es) {classes}; need at least 2")
     seed_everything(cfg.train.seed, cfg.train.deterministic)  # the initial weights too (fit seeds again for training)
     model = create_model(cfg.model.name, **_model_args(cfg, len(classes)))
-    if is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if run.main:
         save_config(cfg, run_dir / "config.yaml")
     extra = {"class_names": classes, "preprocessing": _preprocessing(cfg.data), "task": "classification",
              "train_counts": train_ds.class_counts()}
-    return fit(model, ClassificationTask(classes), train_ds, val_ds, cfg.train, run_dir, resume=resume,
+    return fit(model, ClassificationTask(classes), train_ds, val_ds, cfg.train, run_dir, resume=run.resume,
                model_extra=extra)
 
 

@@ -5,8 +5,8 @@ Sub-commands: ``train`` (preset/YAML + key=value overrides → run folder; ``--r
 (seeded stratified train/val/test or k-fold CSVs of an image-folder tree).
 
 Examples:
-  glfuse classify train --config hifuse_covid_ct data.root=/data/covid-ct --output runs/covid_tiny
-  glfuse classify train --resume runs/covid_tiny
+  glfuse classify train -c hifuse_covid_ct data.root=/data/covid-ct -o runs/covid_tiny
+  glfuse classify train -o runs/covid_tiny --resume
   glfuse classify evaluate runs/covid_tiny --split test --output runs/covid_tiny/test
   glfuse classify predict runs/covid_tiny scans/ --output preds.csv
   glfuse classify cam runs/covid_tiny img.png --layers local global fusion --output cams/
@@ -17,23 +17,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from glfuse.cli.common import EPILOG, add_common, add_train_args, done_message, progress, train_overrides
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("classify", help="2-D image classification (HiFuse, baselines): train/evaluate/predict/cam",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     csub = p.add_subparsers(dest="classify_command", metavar="SUBCOMMAND", required=True)
 
-    t = csub.add_parser("train", help="train a classifier from a preset or YAML config",
+    t = csub.add_parser("train", help="train a classifier from a preset or YAML config", epilog=EPILOG,
                         description="Train from a preset (glfuse/configs/<name>.yaml) or a YAML file, with key=value "
                                     "overrides (e.g. train.epochs=5 model.name=resnet50 data.root=DIR). The resolved "
                                     "config is saved as RUN_DIR/config.yaml; the best model is RUN_DIR/best.")
-    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    t.add_argument("--config", "-c", default=None, help="preset name or YAML path (not needed with --resume RUN_DIR)")
-    t.add_argument("--output", "-o", default=None, help="run folder")
-    t.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR (or --output) from its last completed epoch")
-    t.add_argument("--overwrite", action="store_true", help="delete an existing run in --output and start again")
-    t.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_train_args(t, example="hifuse_covid_ct")
     t.set_defaults(func=cmd_train)
 
     e = csub.add_parser("evaluate", help="evaluate a trained model: metrics, confusion matrix, table row",
@@ -45,13 +41,12 @@ def add_parser(sub) -> None:
                    help="class-folder tree, path,label CSV, or split-file root (with Data-split/); default: the run's "
                         "config")
     e.add_argument("--split", default="test", help="split of the run's config or of a split-file root (default test)")
-    e.add_argument("--output", "-o", required=True, help="report folder")
+    e.add_argument("-o", "--output", required=True, help="report folder")
     e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     e.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (with a warning)")
     e.add_argument("--no-flops", action="store_true", help="skip the GFLOPs count")
     e.add_argument("--overwrite", action="store_true", help="replace an existing report")
-    e.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_common(e)
     e.set_defaults(func=cmd_evaluate)
 
     r = csub.add_parser("predict", help="class probabilities of images → CSV",
@@ -59,12 +54,11 @@ def add_parser(sub) -> None:
                                     "prob_<class> per image.")
     r.add_argument("model", help="run folder or model folder")
     r.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    r.add_argument("--output", "-o", required=True, help="output CSV")
+    r.add_argument("-o", "--output", required=True, help="output CSV")
     r.add_argument("--batch-size", type=int, default=32)
-    r.add_argument("--device", default="auto")
     r.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (with a warning)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
-    r.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_common(r)
     r.set_defaults(func=cmd_predict)
 
     g = csub.add_parser("cam", help="Grad-CAM figures (HiFuse: local/global/fusion branches)",
@@ -72,13 +66,12 @@ def add_parser(sub) -> None:
                                     "(or --target).")
     g.add_argument("model", help="run folder or model folder")
     g.add_argument("inputs", nargs="+", help="image files and/or folders")
-    g.add_argument("--output", "-o", required=True, help="output folder")
+    g.add_argument("-o", "--output", required=True, help="output folder")
     g.add_argument("--layers", nargs="+", default=None,
                    help="layer names from the model's cam_layers() (HiFuse: local global fusion); default all")
     g.add_argument("--target", default=None, help="class name or index (default: predicted class)")
-    g.add_argument("--device", default="auto")
     g.add_argument("--overwrite", action="store_true", help="replace existing figures")
-    g.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_common(g)
     g.set_defaults(func=cmd_cam)
 
     s = csub.add_parser("split", help="seeded stratified train/val/test (or k-fold) CSVs of a class-folder tree",
@@ -86,12 +79,12 @@ def add_parser(sub) -> None:
                                     "--kfold), header path,label, paths relative to OUTPUT; train with data.kind=csv "
                                     "data.root=OUTPUT data.train=train.csv data.val=val.csv data.test=test.csv.")
     s.add_argument("folder", help="image folder with one sub-folder per class")
-    s.add_argument("--output", "-o", required=True, help="output folder")
+    s.add_argument("-o", "--output", required=True, help="output folder")
     s.add_argument("--ratios", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"))
     s.add_argument("--kfold", type=int, default=None, metavar="K", help="write K stratified folds instead")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true", help="replace existing split files")
-    s.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_common(s, device=False, threads=False)
     s.set_defaults(func=cmd_split)
 
 
@@ -99,20 +92,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from glfuse.classify.api import ClassifyConfig, train
     from glfuse.config import build_config, config_source
 
-    resume = args.resume
-    run_dir = args.output
-    if isinstance(resume, str):
-        if run_dir is not None and Path(run_dir) != Path(resume):
-            raise ValueError(f"--resume {resume} and --output {run_dir} name different runs")
-        run_dir = resume
-    if run_dir is None:
-        raise ValueError("--output RUN_DIR is required")
-    config = config_source(args.config, run_dir, bool(resume), example="hifuse_covid_ct")
-    cfg = build_config(ClassifyConfig, config, args.overrides)
-    summary = train(cfg, run_dir, resume=bool(resume), overwrite=args.overwrite)
-    best = summary.get("best_" + cfg.train.monitor)
-    best_s = "-" if best is None else f"{best:.4f}"
-    print(f"done: {summary['epochs_run']} epoch(s); best val {cfg.train.monitor} = {best_s}; model in {Path(run_dir) / 'best'}")
+    config = config_source(args.config, args.output, bool(args.resume), example="hifuse_covid_ct")
+    cfg = build_config(ClassifyConfig, config, train_overrides(args))
+    summary = train(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
+    print(done_message(summary, args.output, f"glfuse classify evaluate {args.output} -o {Path(args.output) / 'test'}"))
     return 0
 
 
@@ -120,7 +103,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from glfuse.classify.api import evaluate
 
     evaluate(args.model, args.output, data=args.data, split=args.split, batch_size=args.batch_size, device=args.device,
-             skip_bad=args.skip_bad, overwrite=args.overwrite, flops=not args.no_flops)
+             skip_bad=args.skip_bad, overwrite=args.overwrite, flops=not args.no_flops, progress=progress(args))
     print(f"report written to {args.output}")
     return 0
 
@@ -129,7 +112,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from glfuse.classify.api import predict
 
     rows = predict(args.model, args.inputs, args.output, batch_size=args.batch_size, device=args.device,
-                   skip_bad=args.skip_bad, overwrite=args.overwrite)
+                   skip_bad=args.skip_bad, overwrite=args.overwrite, progress=progress(args))
     print(f"{len(rows)} prediction(s) written to {args.output}")
     return 0
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from glfuse.cli.common import EPILOG as EXIT_CODES_EPILOG
+from glfuse.cli.common import add_common, add_train_args, done_message, progress, train_overrides
+
 EPILOG = ("--a is the MRI, --b the CT/PET/SPECT image. Grey pairs (CT-MRI) enter the network as vis = MRI, ir = CT; "
           "a colour PET/SPECT image enters as its BT.601 Y (vis) with the MRI as ir, and its Cb/Cr are put back. "
           "Outputs: grey for grey pairs, RGB for colour pairs, 8-bit = rint(clip(x,0,1)*255).")
@@ -39,7 +42,7 @@ def add_parser(sub) -> None:
     r.add_argument("--ext", default=".png", help="output extension (default .png)")
     r.add_argument("--allow-unmatched", action="store_true",
                    help="warn about (and skip) names without a partner instead of failing")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_common(r)
     r.set_defaults(func=cmd_run)
 
     c = fsub.add_parser("convert-official", help="convert an official checkpoint into a glfuse model folder",
@@ -51,6 +54,7 @@ def add_parser(sub) -> None:
     c.add_argument("--vis", default="MRI", help="modality the checkpoint takes as vis (default MRI)")
     c.add_argument("--ir", default="CT", help="modality the checkpoint takes as ir (default CT)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    add_common(c, device=False, threads=False)
     c.set_defaults(func=cmd_convert)
 
     m = fsub.add_parser("metrics", help="fusion metrics of a folder of fused images (any method)",
@@ -65,6 +69,7 @@ def add_parser(sub) -> None:
     m.add_argument("--reference", action="store_true",
                    help="use the CDDFuse reference evaluator's conventions (PSNR peak = max F, SSIM data_range 2)")
     m.add_argument("--allow-unmatched", action="store_true", help="skip (and list) names not in all three folders")
+    add_common(m, device=False)
     m.set_defaults(func=cmd_metrics)
 
     k = fsub.add_parser("compare", help="compare fusion methods: table (CSV + Markdown) and image grid",
@@ -84,27 +89,14 @@ def add_parser(sub) -> None:
     k.add_argument("--overwrite", action="store_true", help="re-fuse and replace existing fused images")
     k.add_argument("--reuse", action="store_true", help="reuse a method's complete existing fused folder")
     k.add_argument("--resize", action="store_true", help="resize --b to --a's size when they differ")
-    k.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_common(k)
     k.set_defaults(func=cmd_compare)
 
-    t = fsub.add_parser("train", help="train a fusion network from a preset",
+    t = fsub.add_parser("train", help="train a fusion network from a preset", epilog=EXIT_CODES_EPILOG,
                         description="Train with a preset (e.g. mactfusion_ct_mri) and key=value overrides, e.g. "
                                     "data.crop=128 train.epochs=1 train.max_steps_per_epoch=50.")
-    t.add_argument("--config", default=None,
-                   help="preset name or YAML path (required unless --resume: then the run's config.yaml)")
-    t.add_argument("overrides", nargs="*", help="key=value overrides")
-    t.add_argument("--output", required=True, help="run folder")
-    t.add_argument("--resume", action="store_true", help="continue the run in --output")
-    t.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output")
-    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_train_args(t, example="mactfusion_ct_mri")
     t.set_defaults(func=cmd_train)
-
-
-def _threads(n: int | None) -> None:
-    if n:
-        import torch
-
-        torch.set_num_threads(n)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -112,10 +104,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from glfuse.fusion.api import fuse_folder
 
-    _threads(args.threads)
     recs = fuse_folder(args.model, args.a, args.b, args.output, a_is=args.a_is, weights=args.weights,
                        resize=args.resize, overwrite=args.overwrite, minmax=args.minmax, ext=args.ext,
-                       allow_unmatched=args.allow_unmatched)
+                       allow_unmatched=args.allow_unmatched, device=args.device, progress=progress(args))
     n_col = sum(r["colour"] for r in recs)
     Console(stderr=True).print(f"fused {len(recs)} pair(s) ({n_col} colour) into {args.output}")
     return 0
@@ -137,6 +128,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     sha = hashlib.sha256(src.read_bytes()).hexdigest()
     n_params = sum(p.numel() for p in model.parameters())
     extra = {
+        "task": "fusion",
         "fusion": {
             "vis": args.vis, "ir": args.ir,
             "input": "forward(vis_y, ir), [B,1,H,W] in [0,1]; vis_y = BT.601 Y of the vis image (grey: Y of 3 grey "
@@ -193,10 +185,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from glfuse.fusion.compare import COLOUR_NOTE, _fmt, compare_methods, parse_methods
 
-    _threads(args.threads)
     res = compare_methods(args.a, args.b, parse_methods(args.methods), args.output, a_is=args.a_is,
                           metrics=_metric_list(args.metrics), overwrite=args.overwrite, reuse=args.reuse,
-                          resize=args.resize, grid_pairs=args.grid_pairs, **_conventions(args.reference))
+                          resize=args.resize, grid_pairs=args.grid_pairs, device=args.device, progress=progress(args),
+                          **_conventions(args.reference))
     results = res["results"]
     names = list(next(iter(results.values()))["mean"])
     table = Table(title="fusion comparison (mean over pairs)", caption=COLOUR_NOTE)
@@ -215,10 +207,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from glfuse.config import build_config, config_source
     from glfuse.fusion.train import FusionConfig, train
 
-    _threads(args.threads)
-    config = config_source(args.config, args.output, args.resume, example="mactfusion_ct_mri")
-    cfg = build_config(FusionConfig, config, args.overrides)
+    config = config_source(args.config, args.output, bool(args.resume), example="mactfusion_ct_mri")
+    cfg = build_config(FusionConfig, config, train_overrides(args))
     summary = train(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
-    print(f"done: {summary['epochs_run']} epoch(s); best {summary['monitor']} = {summary.get('best_' + summary['monitor'])}"
-          f"; run folder {args.output}")
+    a, b = cfg.data.vis, cfg.data.ir
+    print(done_message(summary, args.output, f"glfuse fuse run --model {Path(args.output) / 'best'} --a {a}_DIR --b "
+                                            f"{b}_DIR -o fused/"))
     return 0

@@ -6,7 +6,8 @@ Example (LGG stand-in data)::
         --label-column grade_code -o cache/lgg
     glfuse stage split cache/lgg -o cache/lgg/split.json --val 0.15 --test 0.2 --seed 0
     glfuse stage train -c vdpf_lgg data.cache=cache/lgg data.split=cache/lgg/split.json -o runs/vdpf
-    glfuse stage evaluate runs/vdpf --cache cache/lgg --split cache/lgg/split.json -o runs/vdpf/test
+    glfuse stage train -o runs/vdpf --resume                      # continue it (--resume auto: start or continue)
+    glfuse stage evaluate runs/vdpf -o runs/vdpf/test               # cache/split: the run's own config
     glfuse stage predict runs/vdpf --volume case/flair.nii.gz --mask case/mask.nii.gz -o case_pred.csv
     glfuse stage ablate -c vdpf_lgg data.cache=... data.split=... --variants vdpf vdpf_cat resnet50 -o runs/ablate
     glfuse stage cam runs/vdpf --cache cache/lgg --case TCGA_CS_4942 -o runs/vdpf/cam
@@ -14,8 +15,9 @@ Example (LGG stand-in data)::
 
 from __future__ import annotations
 
-import argparse
 import json
+
+from glfuse.cli.common import EPILOG, add_common, add_train_args, done_message, progress, train_overrides
 
 
 def _console():
@@ -30,7 +32,7 @@ def _cfg(args, run_dir: str | None = None):
 
     # resuming (run_dir given): the run's own saved config plus any overrides; otherwise the default preset
     return build_config(StageConfig, config_source(args.config, run_dir, run_dir is not None, "vdpf_lgg"),
-                        args.overrides)
+                        train_overrides(args))
 
 
 def _prepare(args) -> int:
@@ -70,22 +72,29 @@ def _split(args) -> int:
 
 
 def _train(args) -> int:
+    from pathlib import Path
+
     from glfuse.staging.api import train
 
     cfg = _cfg(args, args.output if args.resume else None)
-    if args.quiet:
-        cfg.train.progress = False
     s = train(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps({k: s[k] for k in ("epochs_run", "monitor", f"best_{cfg.train.monitor}", "test") if k in s},
-                     indent=2, default=str))
+    if "test" in s:
+        t = s["test"]
+        print("test (case level): " + "  ".join(f"{k[5:]} {t[k]:.4f}" for k in ("case_acc", "case_f1", "case_auc")
+                                                if isinstance(t.get(k), float)) + f"  -> {Path(args.output) / 'eval'}")
+    print(done_message(s, args.output, f"glfuse stage evaluate {args.output} -o {Path(args.output) / 'test'}"))
     return 0
 
 
 def _evaluate(args) -> int:
-    from glfuse.staging.api import evaluate
+    from glfuse.staging.api import evaluate, run_data
 
-    r = evaluate(args.model, args.cache, args.split, args.output, part=args.part, fold=args.fold,
-                 batch_size=args.batch_size, device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+    cache, split = args.cache, args.split
+    if cache is None:
+        cache, split_default = run_data(args.model)
+        split = split if split is not None else split_default
+    r = evaluate(args.model, cache, split, args.output, part=args.part, fold=args.fold,
+                 batch_size=args.batch_size, device=args.device, overwrite=args.overwrite, progress=progress(args))
     print(json.dumps(r["scalars"], indent=2))
     return 0
 
@@ -96,7 +105,7 @@ def _predict(args) -> int:
     if (args.mask is None) == (args.boxes is None):
         raise ValueError("give exactly one of --mask (mask volume) or --boxes (boxes CSV)")
     r = predict(args.model, args.volume, args.mask or args.boxes, args.output, case_id=args.case_id,
-                batch_size=args.batch_size, device=args.device)
+                batch_size=args.batch_size, device=args.device, overwrite=args.overwrite)
     probs = ", ".join(f"{k}: {v:.4f}" for k, v in r["probs"].items())
     print(f"case {r['case_id']}: {r['pred']} ({probs}); {len(r['slices'])} lesion slices"
           + (f" -> {args.output}" if args.output else ""))
@@ -107,8 +116,6 @@ def _ablate(args) -> int:
     from glfuse.staging.api import ablate
 
     cfg = _cfg(args)
-    if args.quiet:
-        cfg.train.progress = False
     ablate(args.variants, cfg, args.output, overwrite=args.overwrite, resume=args.resume)
     from pathlib import Path
 
@@ -119,18 +126,12 @@ def _ablate(args) -> int:
 def _cam(args) -> int:
     from glfuse.staging.api import cam
 
-    r = cam(args.model, args.case, args.output, cache=args.cache, device=args.device)
+    r = cam(args.model, args.case, args.output, cache=args.cache, device=args.device, overwrite=args.overwrite)
     print(f"case {r['case_id']}: slice {r['slice']} (class {r['pred']}, p={r['slice_prob']:.3f}) -> "
           + ", ".join(r["files"].values()))
     return 0
 
 
-def _cfg_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", default=None,
-                   help="preset name or YAML path (default: vdpf_lgg; with --resume: the run's config.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides, e.g. data.cache=CACHE data.split=SPLIT train.epochs=5 model.name=vdpf_cat")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def add_parser(sub) -> None:
@@ -157,8 +158,8 @@ def add_parser(sub) -> None:
     q.add_argument("--classes", default=None, help="comma-separated class order (default: sorted label values)")
     q.add_argument("--cases", default=None, help="comma-separated case ids to include (default: all)")
     q.add_argument("-o", "--output", required=True, help="cache folder")
-    q.add_argument("--overwrite", action="store_true")
-    q.add_argument("--quiet", action="store_true")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing cache")
+    add_common(q, device=False)
     q.set_defaults(func=_prepare)
 
     q = ss.add_parser("split", help="seeded stratified case-level split (or k-fold) of a cache",
@@ -169,30 +170,28 @@ def add_parser(sub) -> None:
     q.add_argument("--test", type=float, default=0.2, help="test fraction (default 0.2; ignored with -k)")
     q.add_argument("-k", type=int, default=None, help="k-fold instead of a hold-out split")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing split file")
+    add_common(q, device=False, threads=False)
     q.set_defaults(func=_split)
 
-    q = ss.add_parser("train", help="train a staging model (VDPF or a crop baseline)",
+    q = ss.add_parser("train", help="train a staging model (VDPF or a crop baseline)", epilog=EPILOG,
                       description="Train on the split's train cases, keep the best checkpoint by the case-level "
                                   "validation metric, then evaluate it on the test cases (RUN/eval).")
-    _cfg_args(q)
-    q.add_argument("-o", "--output", required=True, help="run folder")
-    q.add_argument("--resume", action="store_true", help="continue a killed run")
-    q.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    add_train_args(q, example="vdpf_lgg")
     q.set_defaults(func=_train)
 
     q = ss.add_parser("evaluate", help="case- and slice-level reports of a trained model",
                       description="Evaluate RUN (its best/) or a model folder on a part of a split.")
     q.add_argument("model", help="run folder or model folder")
-    q.add_argument("--cache", required=True, help="cache folder")
-    q.add_argument("--split", default=None, help="split JSON (default: every cached case)")
+    q.add_argument("--cache", default=None, help="cache folder (default: the run's data.cache)")
+    q.add_argument("--split", default=None,
+                   help="split JSON (default: the run's data.split when --cache is not given, else every cached case)")
     q.add_argument("--part", default="test", choices=("train", "val", "test"))
     q.add_argument("--fold", type=int, default=None, help="fold of a k-fold split")
     q.add_argument("-o", "--output", required=True, help="report folder")
     q.add_argument("--batch-size", type=int, default=16)
-    q.add_argument("--device", default="auto")
-    q.add_argument("--overwrite", action="store_true")
-    q.add_argument("--quiet", action="store_true")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    add_common(q)
     q.set_defaults(func=_evaluate)
 
     q = ss.add_parser("predict", help="stage one case from its volume and mask (or boxes CSV)",
@@ -204,17 +203,21 @@ def add_parser(sub) -> None:
     q.add_argument("--case-id", default=None, help="case id (needed when --boxes holds several cases)")
     q.add_argument("-o", "--output", default=None, help="output CSV")
     q.add_argument("--batch-size", type=int, default=16)
-    q.add_argument("--device", default="auto")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
+    add_common(q)
     q.set_defaults(func=_predict)
 
     q = ss.add_parser("ablate", help="train + evaluate several variants on one split; paper-style tables",
                       description="Variants: model names, optionally with args, e.g. vdpf vdpf_cat vdpf_ca vdpf_sc "
                                   "vdpf_resnet 'vdpf:features=global+local' resnet50. Writes ablation.csv/.md.")
-    _cfg_args(q)
+    q.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. data.cache=CACHE data.split=SPLIT train.epochs=5")
+    q.add_argument("-c", "--config", default=None, help="preset name or YAML path (default vdpf_lgg)")
     q.add_argument("--variants", nargs="+", required=True, help="variant specs")
     q.add_argument("-o", "--output", required=True, help="output folder (one run folder per variant)")
     q.add_argument("--resume", action="store_true", help="reuse finished variants, resume unfinished ones")
-    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--overwrite", action="store_true", help="replace existing variant runs")
+    add_common(q)
     q.set_defaults(func=_ablate)
 
     q = ss.add_parser("cam", help="Grad-CAM heatmaps (global and local branch) of a case's top slice",
@@ -224,5 +227,6 @@ def add_parser(sub) -> None:
     q.add_argument("--cache", required=True, help="cache folder holding the case")
     q.add_argument("--case", required=True, help="case id")
     q.add_argument("-o", "--output", required=True, help="output folder")
-    q.add_argument("--device", default="cpu")
+    q.add_argument("--overwrite", action="store_true", help="replace existing figures")
+    add_common(q)
     q.set_defaults(func=_cam)

@@ -68,6 +68,13 @@ class Fuser:
     def fuse_y(self, vis_y: np.ndarray, ir: np.ndarray) -> np.ndarray:
         return self.fn(vis_y, ir)
 
+    @property
+    def vis_is_mri(self) -> bool:
+        """Whether the network's first input (``vis``) is the MRI, as recorded when it was trained or converted
+        (``config.json`` ``fusion.vis``; MRI when nothing is recorded, as in the official CT/PET/SPECT–MRI models)."""
+        vis = str(self.config.get("fusion", {}).get("vis", "MRI")).lower()
+        return vis in MRI_NAMES
+
 
 def _network_fn(model: nn.Module) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     model.eval()
@@ -109,21 +116,29 @@ def _classical_fn(method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]
     raise RuntimeError("glfuse.fusion.classical provides neither CLASSICAL[method] nor fuse(a, b, method=)")
 
 
-def load_fusion_model(model: Any, *, weights: str | Path | None = None, device: str | torch.device = "cpu") -> Fuser:
+def load_fusion_model(model: Any, *, weights: str | Path | None = None,
+                      device: str | torch.device | None = None) -> Fuser:
     """Resolve ``model`` (see module docstring) into a :class:`Fuser`.
+
+    ``device``: where a loaded network runs (``None``/``"auto"``: CUDA when available, else CPU). A caller's
+    ``nn.Module`` stays where it is unless ``device`` is given explicitly.
 
     Examples: ``load_fusion_model("runs/mact/best")``, ``load_fusion_model("mactfusion", weights="fusion_model_CTMRI.pth")``,
     ``load_fusion_model("laplacian")``, ``load_fusion_model(my_module)``.
     """
-    from glfuse.checkpoint import CONFIG_NAME, load_config, load_model
+    from glfuse.checkpoint import load_config, load_model
+    from glfuse.engine import get_device
     from glfuse.registry import create_model, is_model, load_official, read_state_dict
+    from glfuse.runs import open_model_dir
 
     if isinstance(model, Fuser):
         return model
     if isinstance(model, nn.Module):
-        model = model.to(device)
+        if device is not None and device != "auto":
+            model = model.to(device)
         name = getattr(model, "glfuse_cfg", {}).get("arch", type(model).__name__)
         return Fuser(name, "network", _network_fn(model), model, dict(getattr(model, "glfuse_cfg", {})))
+    device = get_device("auto" if device is None else str(device))
     if not isinstance(model, (str, Path)):
         raise TypeError(f"model must be an nn.Module, a model folder, a registered name or a method name, got {model!r}")
     spec = str(model)
@@ -133,9 +148,10 @@ def load_fusion_model(model: Any, *, weights: str | Path | None = None, device: 
         return Fuser(spec, "classical", _classical_fn(spec))
     path = Path(spec)
     if path.is_dir():
-        if not (path / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"{path}: not a glfuse model folder (no {CONFIG_NAME}; convert an official "
-                                    f"checkpoint with `glfuse fuse convert-official`)")
+        try:
+            path, _ = open_model_dir(path, "fusion")
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e} (convert an official checkpoint with `glfuse fuse convert-official`)") from e
         net, cfg = load_model(path, map_location="cpu")
         net = net.to(device)
         return Fuser(cfg.get("arch", path.name), "network", _network_fn(net), net, cfg)
@@ -216,6 +232,7 @@ def fuse_images(
     weights: str | Path | None = None,
     clamp: bool = True,
     resize: bool = False,
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Fuse one registered pair. ``a`` = MRI, ``b`` = CT/PET/SPECT (see module docstring for the mapping).
 
@@ -225,10 +242,11 @@ def fuse_images(
         a_is: modality of ``a``: ``"mri"`` (default) or ``"ct"``/``"pet"``/``"spect"``/``"other"`` (then ``b`` is the MRI).
         clamp: clip the result to [0, 1] (default); False returns the raw network output.
         resize: resize ``b`` to ``a``'s size if they differ (otherwise an error).
+        device: where a loaded network runs (default: CUDA when available); a given ``nn.Module`` is not moved.
 
     Returns float32 ``HxW`` (grey pair) or ``HxWx3`` RGB (a colour source).
     """
-    fuser = load_fusion_model(model, weights=weights)
+    fuser = load_fusion_model(model, weights=weights, device=device)
     a_arr, a_col = _as_image(a, "a")
     b_arr, b_col = _as_image(b, "b")
     if a_arr.shape[:2] != b_arr.shape[:2]:
@@ -254,7 +272,9 @@ def _fuse_mapped(fuser: Fuser, mri: np.ndarray, mri_col: bool, oth: np.ndarray, 
         fy = fuser.fuse_y(y, ir)
         rgb = ycbcr_to_rgb(fy, cb, cr)
         return np.clip(rgb, 0, 1).astype(np.float32) if clamp else rgb
-    fy = fuser.fuse_y(_grey_y(mri), oth)
+    # grey pair: the modality the network was trained to take as vis goes first (recorded in its config.json)
+    vis, ir = (mri, oth) if fuser.vis_is_mri else (oth, mri)
+    fy = fuser.fuse_y(_grey_y(vis), ir)
     return np.clip(fy, 0, 1).astype(np.float32) if clamp else fy.astype(np.float32)
 
 
@@ -287,6 +307,7 @@ def fuse_folder(
     ext: str = ".png",
     allow_unmatched: bool = False,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> list[dict[str, Any]]:
     """Fuse every same-named pair of folders ``a`` (MRI) and ``b`` (CT/PET/SPECT) — or two single files — into
     ``out_dir/<name><ext>``. Grey pairs give grey files, colour pairs RGB; 8-bit rule ``rint(clip(x,0,1)·255)``
@@ -303,7 +324,7 @@ def fuse_folder(
     from glfuse.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()  # inference only: no fragmentation cost here (see glfuse.runtime)
-    fuser = load_fusion_model(model, weights=weights)
+    fuser = load_fusion_model(model, weights=weights, device=device)
     pairs = _pairs_for(a, b, allow_unmatched)
     out_dir = Path(out_dir)
     if not ext.startswith("."):

@@ -131,6 +131,41 @@ def parse_methods(spec: str) -> list[tuple[str, str]]:
     return out
 
 
+def _plan_methods(methods: list[tuple[str, str]], pairs: list, out_dir: Path, metrics: list[str] | None, *,
+                  overwrite: bool, reuse: bool, device: str | None) -> dict[str, tuple[Path, Any]]:
+    """Check every method, metric name and output folder before any pair is fused: ``{label: (fused folder, Fuser or
+    None when existing images are used)}``. An unknown method, a missing folder or an output collision fails here."""
+    from glfuse.fusion.api import load_fusion_model
+    from glfuse.fusion.io import list_images
+    from glfuse.metrics.fusion import METRIC_NAMES
+
+    bad = [m for m in metrics or () if m not in METRIC_NAMES]
+    if bad:
+        raise ValueError(f"--metrics: unknown metric(s) {', '.join(bad)}; known: {', '.join(METRIC_NAMES)}")
+    plan: dict[str, tuple[Path, Any]] = {}
+    for label, target in methods:
+        if target.startswith("fused:"):
+            d = Path(target[len("fused:"):])
+            if not d.is_dir():
+                raise FileNotFoundError(f"{d}: fused folder for method {label!r} not found")
+            plan[label] = (d, None)
+            continue
+        try:
+            fuser = load_fusion_model(target, device=device)
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            raise ValueError(f"--methods {label}={target}: {e}") from e
+        d = out_dir / "fused" / label
+        have = list_images(d) if d.is_dir() else {}
+        if reuse and not overwrite and have and all(s in have for s, _, _ in pairs):
+            plan[label] = (d, None)
+        elif have and not overwrite:
+            raise FileExistsError(f"{d} holds fused images already; pass --overwrite to re-fuse or --reuse to keep a "
+                                  "complete folder")
+        else:
+            plan[label] = (d, fuser)
+    return plan
+
+
 def compare_methods(
     a_dir: str | Path,
     b_dir: str | Path,
@@ -144,6 +179,7 @@ def compare_methods(
     resize: bool = False,
     grid_pairs: int = 3,
     progress: bool = True,
+    device: str | None = None,
     **conventions: Any,
 ) -> dict[str, Any]:
     """Fuse ``a_dir``/``b_dir`` with every method into ``out_dir/fused/<label>/``, evaluate each, and write
@@ -153,26 +189,22 @@ def compare_methods(
     ``reuse=True`` keeps a method's existing complete fused folder instead of refusing (``overwrite`` re-fuses)."""
     from glfuse.checkpoint import save_json
     from glfuse.fusion.api import fuse_folder
-    from glfuse.fusion.io import list_images, pair_folders
+    from glfuse.fusion.io import pair_folders
 
     out_dir = Path(out_dir)
     pairs = pair_folders(a_dir, b_dir)
+    plan = _plan_methods(methods, pairs, out_dir, metrics, overwrite=overwrite, reuse=reuse, device=device)
     fused_dirs: dict[str, Path] = {}
     notes: dict[str, str] = {}
     for label, target in methods:
-        if target.startswith("fused:"):
-            d = Path(target[len("fused:"):])
-            if not d.is_dir():
-                raise FileNotFoundError(f"{d}: fused folder for method {label!r} not found")
-            fused_dirs[label], notes[label] = d, f"pre-fused images from {d}"
+        d, fuser = plan[label]
+        if fuser is None:
+            fused_dirs[label] = d
+            notes[label] = f"pre-fused images from {d}" if target.startswith("fused:") else \
+                f"{target} (reused existing outputs in {d})"
             continue
-        d = out_dir / "fused" / label
-        have = list_images(d) if d.is_dir() else {}
-        if reuse and not overwrite and have and all(s in have for s, _, _ in pairs):
-            notes[label] = f"{target} (reused existing outputs in {d})"
-        else:
-            fuse_folder(target, a_dir, b_dir, d, a_is=a_is, overwrite=overwrite, resize=resize, progress=progress)
-            notes[label] = target
+        fuse_folder(fuser, a_dir, b_dir, d, a_is=a_is, overwrite=overwrite, resize=resize, progress=progress)
+        notes[label] = target
         fused_dirs[label] = d
 
     results: dict[str, dict[str, Any]] = {}

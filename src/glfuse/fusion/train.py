@@ -19,15 +19,15 @@ length (the official loader fixes 30000 samples per epoch by cycling; default: o
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from glfuse.config import Range
 from glfuse.engine import TrainConfig
 
 __all__ = ["FusionConfig", "FusionDataConfig", "FusionModelConfig", "FusionPairDataset", "FusionTask",
@@ -52,19 +52,19 @@ class FusionDataConfig:
     ir: str = "CT"  # folder of the second (grey) input
     vis_dir: str | None = None  # alternative to root/split/vis: two parallel folders
     ir_dir: str | None = None
-    crop: int | None = 256  # random training crop (None: whole images)
+    crop: Annotated[int, Range(ge=8)] | None = 256  # random training crop (None: whole images)
     hflip: bool = False
-    val_fraction: float = 0.1  # seeded hold-out from the training pairs (havard has no val split)
+    val_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.1  # seeded hold-out from the training pairs (havard has no val split)
     split_seed: int = 0
-    val_crop: int | None = None  # centre crop for validation (None: whole images)
-    samples_per_epoch: int | None = None  # None: one pass over the training pairs
+    val_crop: Annotated[int, Range(ge=8)] | None = None  # centre crop for validation (None: whole images)
+    samples_per_epoch: Annotated[int, Range(ge=1)] | None = None  # None: one pass over the training pairs
 
 
 @dataclass
 class FusionConfig:
     model: FusionModelConfig = field(default_factory=FusionModelConfig)
     data: FusionDataConfig = field(default_factory=FusionDataConfig)
-    loss: str = "official"  # official | paper
+    loss: Literal["official", "paper"] = "official"
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_VAL_METRICS))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=2, batch_size=4, optimizer="adam", lr=1e-3, weight_decay=0.0, no_decay_1d=False, schedule="exp",
@@ -191,57 +191,51 @@ class FusionTask:
     def batch_size(self, batch) -> int:
         return int(batch["vis"].shape[0])
 
+    def metric_names(self) -> list[str]:
+        return list(self.metrics)
+
 
 # ------------------------------------------------------------------------------------------------------------- train
-_RUN_FILES = ("best", "last", "log.csv", "log.json", "summary.json", "config.yaml", "split.json")
-
-
-def train(cfg: FusionConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def train(cfg: FusionConfig, run_dir: str | Path, *, resume: bool | str = False,
+          overwrite: bool = False) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data`` into ``run_dir`` (see :func:`glfuse.engine.fit` for the layout; also
-    ``split.json``). ``overwrite=True`` deletes an earlier run's files in ``run_dir`` first; ``resume=True`` continues it.
-    The saved ``best/`` and ``last/`` folders carry the fusion preprocessing, so ``glfuse fuse run --model RUN/best``
-    needs no further arguments."""
+    ``split.json``). ``resume`` / ``overwrite``: the run lifecycle of :func:`glfuse.runs.open_run` (``resume="auto"``:
+    resume a started run, else start). The saved ``best/`` and ``last/`` folders carry the fusion preprocessing and the
+    modality roles (``fusion: {vis, ir}``), so ``glfuse fuse run --model RUN/best`` needs no further arguments."""
+    from glfuse.runs import open_run
+
+    with open_run(run_dir, "fusion", resume=resume, overwrite=overwrite) as run:
+        return _train(cfg, run)
+
+
+def _train(cfg: FusionConfig, run: Any) -> dict[str, Any]:
     from glfuse.checkpoint import save_json
     from glfuse.config import check_resume_config, save_config
-    from glfuse.engine import fit, seed_everything
-    from glfuse.registry import create_model
+    from glfuse.engine import check_monitor, fit, seed_everything
+    from glfuse.registry import create_model, model_info
 
-    run_dir = Path(run_dir)
-    if resume and overwrite:
-        raise ValueError("choose either resume or overwrite, not both")
-    if overwrite and run_dir.exists():
-        for name in _RUN_FILES:
-            p = run_dir / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-        for p in run_dir.glob("epoch_*"):
-            if p.is_dir():
-                shutil.rmtree(p)
-    if not resume and (run_dir / "last").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    if resume:
+    run_dir = run.dir
+    if run.resume:
         check_resume_config(cfg, run_dir / "config.yaml")  # only e.g. train.epochs may change
-
+    if model_info(cfg.model.name).input != "pair":
+        raise ValueError(f"config key 'model.name': {cfg.model.name!r} is not a fusion network (see `glfuse models`)")
+    task = FusionTask(cfg.loss, cfg.metrics)
+    check_monitor(task, cfg.train, cfg.data.val_fraction > 0)
     pairs = find_pairs(cfg.data)
     tr_pairs, val_pairs = split_pairs(pairs, cfg.data.val_fraction, cfg.data.split_seed)
     train_ds = FusionPairDataset(tr_pairs, crop=cfg.data.crop, hflip=cfg.data.hflip, length=cfg.data.samples_per_epoch)
     val_ds = FusionPairDataset(val_pairs, centre_crop=cfg.data.val_crop) if val_pairs else None
-    task = FusionTask(cfg.loss, cfg.metrics)
-    if val_ds is not None and cfg.train.monitor not in cfg.metrics:
-        raise ValueError(f"config key 'train.monitor': {cfg.train.monitor!r} is not in metrics {cfg.metrics}")
     seed_everything(cfg.train.seed, cfg.train.deterministic)  # the initial weights too (fit seeds again for training)
     model = create_model(cfg.model.name, **cfg.model.args)
     if hasattr(model, "set_grad_checkpointing"):
         model.set_grad_checkpointing(cfg.model.grad_checkpointing)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")  # on resume: the checked config, e.g. with the new train.epochs
-    if not resume:
+    if run.main:
+        save_config(cfg, run_dir / "config.yaml")  # on resume: the checked config, e.g. with the new train.epochs
+    if run.main and not run.resume:
         save_json({"val_fraction": cfg.data.val_fraction, "split_seed": cfg.data.split_seed,
                    "train": [p[0] for p in tr_pairs], "val": [p[0] for p in val_pairs]}, run_dir / "split.json")
-    extra = {"fusion": {
+    extra = {"task": "fusion", "fusion": {
         "vis": cfg.data.vis, "ir": cfg.data.ir,
         "input": "forward(vis_y, ir), [B,1,H,W] in [0,1]; vis_y = BT.601 Y of the vis image (grey: Y of 3 grey "
                  "channels), ir = grey",
@@ -249,4 +243,4 @@ def train(cfg: FusionConfig, run_dir: str | Path, *, resume: bool = False, overw
         "output": "raw fused Y; saved as rint(clip(x,0,1)*255)",
         "loss": cfg.loss, "trained_on": str(cfg.data.vis_dir or Path(cfg.data.root) / cfg.data.split),
     }}
-    return fit(model, task, train_ds, val_ds, cfg.train, run_dir, resume=resume, model_extra=extra)
+    return fit(model, task, train_ds, val_ds, cfg.train, run_dir, resume=run.resume, model_extra=extra)

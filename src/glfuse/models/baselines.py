@@ -130,19 +130,19 @@ class EfficientNetB0(_Wrapped):
         return {"features": self.net._bn1}
 
 
-@register_model
+@register_model(input="image", in_chans=3, img_size=224)
 def resnet50(num_classes: int = 2, in_chans: int = 3, **kw: Any) -> nn.Module:
     """ResNet-50 baseline (MONAI)."""
     return ResNet50(num_classes=num_classes, in_chans=in_chans, **kw)
 
 
-@register_model
+@register_model(input="image", in_chans=3, img_size=224, size_arg=True)
 def vit_base_patch16_224(num_classes: int = 2, in_chans: int = 3, img_size: int = 224, **kw: Any) -> nn.Module:
     """ViT-B/16 baseline at 224²; ``img_size``, ``patch_size``, ``hidden_size``, ``num_layers``, ... may be overridden."""
     return ViTClassifier(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
 
 
-@register_model
+@register_model(input="image", in_chans=3, img_size=224)
 def efficientnet_b0(num_classes: int = 2, in_chans: int = 3, **kw: Any) -> nn.Module:
     """EfficientNet-B0 baseline (MONAI)."""
     return EfficientNetB0(num_classes=num_classes, in_chans=in_chans, **kw)

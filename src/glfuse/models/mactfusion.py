@@ -459,7 +459,9 @@ def _load_official_mactfusion(name: str, state_dict: Mapping[str, torch.Tensor],
     return model
 
 
-@register_model
+@register_model(input="pair", in_chans=1, img_size=None,
+                paper="Xie et al., MACTFusion: lightweight cross transformer for adaptive multimodal medical image "
+                      "fusion, JBHI 2024")
 def mactfusion(**kwargs: Any) -> MACTFusion:
     """MACTFusion (Xie et al., JBHI 2024), exactly the official network: 571,035 parameters."""
     return MACTFusion(**kwargs)

@@ -564,31 +564,39 @@ class VDPF(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 # Registered variants (paper Tables 2-4); defaults are ViT-B/16 at 224^2, 3 classes
 # ---------------------------------------------------------------------------------------------------------------------
-@register_model
+PAPER = "VDPF: dual-path ViT with global-local fusion for lesion staging from 3-D MRI (MICCAI 2024)"
+
+
+@register_model(input="image+box", in_chans=1, img_size=224, size_arg=True, init_only=("encoder_weights",),
+                paper=PAPER)
 def vdpf(**kwargs) -> VDPF:
     """VDPF (paper): ViT-B/16 shared encoder, GLFM, FFFN."""
     return VDPF(**kwargs)
 
 
-@register_model
+@register_model(input="image+box", in_chans=1, img_size=224, size_arg=True, init_only=("encoder_weights",),
+                paper=PAPER)
 def vdpf_resnet(**kwargs) -> VDPF:
     """Resnet-DPF (Table 2): ResNet-50 encoder (7x7 map -> 1x1 conv to 768 -> 49 tokens), GLFM, FFFN."""
     return VDPF(**{"encoder": "resnet", **kwargs})
 
 
-@register_model
+@register_model(input="image+box", in_chans=1, img_size=224, size_arg=True, init_only=("encoder_weights",),
+                paper=PAPER)
 def vdpf_ca(**kwargs) -> VDPF:
     """VDPF with FFFN replaced by Coordinate Attention (Table 2)."""
     return VDPF(**{"fusion": "ca", **kwargs})
 
 
-@register_model
+@register_model(input="image+box", in_chans=1, img_size=224, size_arg=True, init_only=("encoder_weights",),
+                paper=PAPER)
 def vdpf_cat(**kwargs) -> VDPF:
     """VDPF without FFFN: concatenated F_C straight to the head (Table 2)."""
     return VDPF(**{"fusion": "none", **kwargs})
 
 
-@register_model
+@register_model(input="image+box", in_chans=1, img_size=224, size_arg=True, init_only=("encoder_weights",),
+                paper=PAPER)
 def vdpf_sc(**kwargs) -> VDPF:
     """VDPF with local and global swapped in the cross-attention block (Table 2)."""
     return VDPF(**{"swap_cross": True, **kwargs})

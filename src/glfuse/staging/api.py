@@ -3,10 +3,11 @@
 Everything works on a slice cache from :func:`glfuse.staging.prepare.prepare` and a case-level split file from
 :func:`glfuse.staging.prepare.make_split`.
 
-* **Inputs per model**: VDPF-family models (``vdpf*``) get ``(image, box_mask)`` — the whole slice and the union of its
+* **Inputs per model** (declared in the registry, :func:`glfuse.registry.model_info`): ``image+box`` models (VDPF family)
+  get ``(image, box_mask)`` — the whole slice and the union of its
   lesion boxes (the model forms I_L = I_G × mask itself). Any other registered classifier (the paper's Table 4 baselines
   ``resnet50``, ``vit_base_patch16_224``, ``efficientnet_b0``) gets the lesion-centred crop (box ± 5 px, resized) as a
-  one-channel image (``data.crop: auto`` picks this by model family).
+  one-channel image (``data.crop: auto`` picks this from the model's declared input).
 * **Case level** (paper §2.1): a case's prediction is the mean of the softmax over its lesion slices. ``StagingTask``
   reports ``case_acc``, ``case_f1`` (macro), ``case_precision``, ``case_recall``, ``case_specificity``, ``case_auc`` and the
   same with ``slice_`` for single slices, plus ``n_cases`` / ``n_slices``. The preset monitors ``case_f1``.
@@ -21,20 +22,18 @@ from __future__ import annotations
 
 import copy
 import csv
-import inspect
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glfuse.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write, load_model, save_json
-from glfuse.config import check_resume_config, config_to_dict, save_config
+from glfuse.checkpoint import CONFIG_NAME, atomic_write, load_model, save_json
+from glfuse.config import Range, check_resume_config, config_to_dict, save_config
 from glfuse.engine import TrainConfig, fit, get_device, seed_everything
 from glfuse.engine import evaluate as engine_evaluate
 from glfuse.staging.data import SliceCache, StagingSliceDataset, lesion_crop, resize_pair
@@ -70,14 +69,16 @@ class StageModelConfig:
 class StageDataConfig:
     cache: str = ""  # folder written by `glfuse stage prepare`
     split: str = ""  # split JSON from `glfuse stage split`; empty: every cached case is training data (no val/test)
-    fold: int | None = None  # which fold of a k-fold split file
+    fold: Annotated[int, Range(ge=0)] | None = None  # which fold of a k-fold split file
     label_column: str | None = None  # if set, must match the column the cache was prepared with
     class_names: list[str] | None = None  # display names, in the cache's class order
-    img_size: int | None = None  # model input size (default: the cache's, 224)
-    crop: str = "auto"  # auto (crop for non-VDPF models) | yes | no
+    img_size: Annotated[int, Range(ge=8)] | None = None  # model input size (default: the cache's, 224)
+    crop: Literal["auto", "yes", "no"] = "auto"  # auto: crop for single-image models
     augment: bool = True
-    max_slices_per_case: int | None = None  # training: at most N lesion slices per case (evenly spread); quick runs
-    eval_max_slices_per_case: int | None = None  # validation/test: same (None = all lesion slices, as the paper)
+    # training: at most N lesion slices per case (evenly spread); quick runs
+    max_slices_per_case: Annotated[int, Range(ge=1)] | None = None
+    # validation/test: same (None = all lesion slices, as the paper)
+    eval_max_slices_per_case: Annotated[int, Range(ge=1)] | None = None
 
 
 @dataclass
@@ -87,19 +88,29 @@ class StageConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(monitor="case_f1"))
 
 
-def _is_dual(model: nn.Module) -> bool:
-    """True when ``model.forward`` takes (image, box_mask)."""
-    params = [p for p in inspect.signature(model.forward).parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(params) >= 2
+def _info(name: str) -> Any:
+    from glfuse.registry import model_info
+
+    try:
+        info = model_info(name)
+    except KeyError as e:
+        raise ValueError(f"config key 'model.name': {e.args[0]}") from e
+    if info.input == "pair":
+        raise ValueError(f"config key 'model.name': {name!r} is a fusion network, not a staging model")
+    return info
+
+
+def _is_dual(name: str) -> bool:
+    """True when the registered model takes (image, box_mask)."""
+    return _info(name).input == "image+box"
 
 
 def _model_kwargs(name: str, args: dict, num_classes: int, img_size: int) -> dict:
+    info = _info(name)
     kw = {"num_classes": num_classes, **args}
-    if name.startswith(("vdpf", "vit")):
+    if info.size_arg:
         kw.setdefault("img_size", img_size)
-    if not name.startswith("vdpf"):
-        kw.setdefault("in_chans", 1)
+    kw.setdefault("in_chans", 1)  # grey MRI slices (VDPF declares 1 channel itself)
     return kw
 
 
@@ -170,11 +181,14 @@ class StagingTask:
     def batch_size(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["label"].shape[0])
 
+    def metric_names(self) -> list[str]:
+        from glfuse.metrics.classification import SCALAR_KEYS
+
+        return [f"{level}_{k}" for level in ("case", "slice") for k in SCALAR_KEYS] + ["n_cases", "n_slices"]
+
 
 # ---------------------------------------------------------------------------------------------------------------- train
 def _crop_flag(cfg: StageConfig, dual: bool) -> bool:
-    if cfg.data.crop not in ("auto", "yes", "no"):
-        raise ValueError(f"config key 'data.crop': expected auto|yes|no, got {cfg.data.crop!r}")
     return (not dual) if cfg.data.crop == "auto" else cfg.data.crop == "yes"
 
 
@@ -211,27 +225,30 @@ def build_model(cfg: StageConfig, num_classes: int, img_size: int) -> nn.Module:
     return create_model(cfg.model.name, **_model_kwargs(cfg.model.name, dict(cfg.model.args), num_classes, img_size))
 
 
-def train(cfg: StageConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+def train(cfg: StageConfig, run_dir: str | Path, *, resume: bool | str = False, overwrite: bool = False,
           evaluate_test: bool = True) -> dict[str, Any]:
     """Train on the split's train cases, early-stop / pick the best checkpoint on the val cases (case-level metric
     ``train.monitor``), then evaluate ``best/`` on the test cases into ``run_dir/eval`` (both levels).
 
-    Returns the engine summary plus ``test`` (case- and slice-level scalar metrics) when there is a test part."""
-    run_dir = Path(run_dir)
-    if overwrite and not resume and run_dir.exists():
-        if not ((run_dir / "config.yaml").exists() or (run_dir / "last").exists()):
-            raise ValueError(f"{run_dir}: refusing to overwrite a folder that is not a glfuse run")
-        shutil.rmtree(run_dir)
-    elif not resume and (run_dir / "last" / WEIGHTS_NAME).exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite")
-    if resume:
+    ``resume`` / ``overwrite``: the run lifecycle of :func:`glfuse.runs.open_run` (``resume="auto"``: resume a started
+    run, else start). Returns the engine summary plus ``test`` (case- and slice-level scalar metrics) when there is a
+    test part."""
+    from glfuse.runs import open_run
+
+    with open_run(run_dir, "staging", resume=resume, overwrite=overwrite) as run:
+        return _train(cfg, run, evaluate_test)
+
+
+def _train(cfg: StageConfig, run: Any, evaluate_test: bool) -> dict[str, Any]:
+    run_dir = run.dir
+    if run.resume:
         check_resume_config(cfg, run_dir / "config.yaml")  # only e.g. train.epochs may change
     cache, split = _open_data(cfg)
     size = cfg.data.img_size or int(cache.index["preprocessing"]["size"])
     nc = len(cache.classes)
     seed_everything(cfg.train.seed, cfg.train.deterministic)  # the initial weights too (fit seeds again for training)
     model = build_model(cfg, nc, size)
-    dual = _is_dual(model)
+    dual = _is_dual(cfg.model.name)
     crop = _crop_flag(cfg, dual)
     names = cfg.data.class_names or cache.classes
     train_ds = StagingSliceDataset(cache, split["train"], augment=cfg.data.augment, crop=crop, size=size,
@@ -239,14 +256,14 @@ def train(cfg: StageConfig, run_dir: str | Path, *, resume: bool = False, overwr
     val_ds = StagingSliceDataset(cache, split["val"], crop=crop, size=size,
                                  max_slices_per_case=cfg.data.eval_max_slices_per_case) if split["val"] else None
     task = StagingTask(nc, dual, names)
-    extra = {"task": "stage", "classes": cache.classes, "class_names": names, "label_column": cache.index["label_column"],
+    extra = {"task": "staging", "classes": cache.classes, "class_names": names, "label_column": cache.index["label_column"],
              "input": "dual" if dual else ("crop" if crop else "image"), "img_size": size,
              "preprocessing": cache.index["preprocessing"]}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    summary = fit(model, task, train_ds, val_ds, cfg.train, run_dir, resume=resume, model_extra=extra)
+    if run.main:
+        save_config(cfg, run_dir / "config.yaml")
+    summary = fit(model, task, train_ds, val_ds, cfg.train, run_dir, resume=run.resume, model_extra=extra)
     summary.update(n_train_slices=len(train_ds), n_val_slices=len(val_ds) if val_ds else 0)
-    if evaluate_test and split["test"]:
+    if evaluate_test and split["test"] and run.main:
         res = evaluate(run_dir, cache, split["test"], run_dir / "eval", overwrite=True,
                        max_slices_per_case=cfg.data.eval_max_slices_per_case, batch_size=cfg.train.eval_batch_size
                        or cfg.train.batch_size, device=cfg.train.device, progress=cfg.train.progress)
@@ -256,26 +273,32 @@ def train(cfg: StageConfig, run_dir: str | Path, *, resume: bool = False, overwr
 
 
 # ------------------------------------------------------------------------------------------------------------- evaluate
-def _model_dir(path: str | Path) -> Path:
-    p = Path(path)
-    if (p / "best" / WEIGHTS_NAME).exists():
-        return p / "best"
-    if (p / WEIGHTS_NAME).exists() and (p / CONFIG_NAME).exists():
-        return p
-    raise FileNotFoundError(f"{p}: no trained model (expected {p / 'best' / WEIGHTS_NAME} or {p / WEIGHTS_NAME})")
+def run_data(model_dir: str | Path) -> tuple[str, str | None]:
+    """``(data.cache, data.split or None)`` recorded in the run's ``config.yaml`` (beside or above the model folder), so
+    ``evaluate`` needs no ``--cache`` for a run trained here."""
+    from glfuse.config import build_config
+
+    p = Path(model_dir)
+    for cand in (p / "config.yaml", p.parent / "config.yaml"):
+        if cand.is_file():
+            cfg = build_config(StageConfig, str(cand))
+            if not cfg.data.cache:
+                break
+            return cfg.data.cache, cfg.data.split or None
+    raise FileNotFoundError(f"{p}: no run config.yaml with data.cache beside the model; pass --cache")
 
 
 def _load(model_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any], Path]:
-    d = _model_dir(model_dir)
+    from glfuse.runs import open_model_dir
+
+    d, _ = open_model_dir(model_dir, "staging")
     model, mcfg = load_model(d)
-    if mcfg.get("task") != "stage":
-        raise ValueError(f"{d / CONFIG_NAME}: not a staging model (task {mcfg.get('task')!r})")
     return model.to(get_device(device)), mcfg, d
 
 
 def evaluate(model_dir: str | Path, cache: SliceCache | str | Path, split: str | Path | list[str] | None,
              out_dir: str | Path | None, *, part: str = "test", fold: int | None = None,
-             max_slices_per_case: int | None = None, batch_size: int = 16, device: str = "auto",
+             max_slices_per_case: Annotated[int, Range(ge=1)] | None = None, batch_size: int = 16, device: str = "auto",
              overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Evaluate a trained model on ``part`` of a split file (or a list of case ids, or every cached case when None).
 
@@ -284,6 +307,8 @@ def evaluate(model_dir: str | Path, cache: SliceCache | str | Path, split: str |
     ``{"case": metrics, "slice": metrics, "scalars": {case_acc, ...}}``."""
     from glfuse.metrics.classification import save_classification_report
 
+    if out_dir is not None and (Path(out_dir) / "scalars.json").exists() and not overwrite:
+        raise FileExistsError(f"{Path(out_dir)} holds a report already; pass --overwrite to replace it")
     model, mcfg, mdir = _load(model_dir, device)
     cache = cache if isinstance(cache, SliceCache) else SliceCache(cache)
     if list(mcfg["classes"]) != cache.classes:
@@ -369,11 +394,15 @@ def _case_tensors(mcfg: dict[str, Any], volume: str | Path, mask_or_boxes: str |
 
 @torch.no_grad()
 def predict(model_dir: str | Path, volume: str | Path, mask_or_boxes: str | Path, out_csv: str | Path | None = None,
-            *, case_id: str | None = None, batch_size: int = 16, device: str = "auto") -> dict[str, Any]:
+            *, case_id: str | None = None, batch_size: int = 16, device: str = "auto",
+            overwrite: bool = False) -> dict[str, Any]:
     """Stage one case: its lesion slices (from a mask volume or a boxes CSV) are preprocessed as at training time; the
     case id defaults to the volume's folder (``<case_id>/<image>``, as ``prepare``) or the only case of the boxes CSV; the
     case's class probabilities are the mean slice softmax. Writes ``out_csv`` (first row ``level=case``, then one row
-    per lesion slice) when given; returns ``{"case_id", "pred", "probs": {class: p}, "slices": [...]}``."""
+    per lesion slice) when given (never over an existing file unless ``overwrite``); returns ``{"case_id", "pred",
+    "probs": {class: p}, "slices": [...]}``."""
+    if out_csv is not None and Path(out_csv).exists() and not overwrite:
+        raise FileExistsError(f"{out_csv} exists; pass --overwrite to replace it")
     model, mcfg, _ = _load(model_dir, device)
     names = list(mcfg.get("class_names") or mcfg["classes"])
     cid, img, m, slices = _case_tensors(mcfg, volume, mask_or_boxes, case_id)
@@ -414,7 +443,7 @@ def parse_variant(spec: str) -> tuple[str, str, dict[str, Any]]:
 
 
 def _table_of(name: str, args: dict[str, Any]) -> str:
-    if not name.startswith("vdpf"):
+    if not _is_dual(name):
         return "4"
     return "3" if "features" in args else "2"
 
@@ -427,8 +456,8 @@ def ablate(variants: list[str], cfg: StageConfig, out_dir: str | Path, *, overwr
            resume: bool = False) -> list[dict[str, Any]]:
     """Train and evaluate each variant on the same cache/split with the same recipe; write ``ablation.csv`` and
     ``ablation.md`` (the paper's Tables 2–4 shapes: model ablations, feature subsets, comparison models), all at case
-    level (plus slice accuracy/F1). A VDPF-family variant gets ``cfg.model.args`` + its own args; another model only its
-    own args. A variant whose run finished already is reused when ``resume``."""
+    level (plus slice accuracy/F1). An ``image+box`` (VDPF-family) variant gets ``cfg.model.args`` + its own args;
+    another model only its own args. A variant whose run finished already is reused when ``resume``."""
     from glfuse.metrics.classification import SCALAR_KEYS
 
     out = Path(out_dir)
@@ -439,7 +468,7 @@ def ablate(variants: list[str], cfg: StageConfig, out_dir: str | Path, *, overwr
         label, name, vargs = parse_variant(spec)
         c = copy.deepcopy(cfg)
         c.model.name = name
-        c.model.args = {**(cfg.model.args if name.startswith("vdpf") else {}), **vargs}
+        c.model.args = {**(cfg.model.args if _is_dual(name) else {}), **vargs}
         slug = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)
         run = out / slug
         done = run / "summary.json"
@@ -448,7 +477,7 @@ def ablate(variants: list[str], cfg: StageConfig, out_dir: str | Path, *, overwr
 
             test = json.loads((run / "eval" / "scalars.json").read_text())
         else:
-            s = train(c, run, overwrite=overwrite, resume=resume and (run / "last" / "training_state.pt").exists())
+            s = train(c, run, overwrite=overwrite, resume="auto" if resume else False)
             if "test" not in s:
                 raise ValueError(f"{cfg.data.split}: ablation needs a test part in the split")
             test = s["test"]
@@ -522,9 +551,12 @@ def _save_overlay(image: np.ndarray, heat: np.ndarray, path: Path, title: str) -
 
 
 def cam(model_dir: str | Path, case: str, out_dir: str | Path, *, cache: SliceCache | str | Path,
-        device: str = "cpu") -> dict[str, Any]:
+        device: str = "auto", overwrite: bool = False) -> dict[str, Any]:
     """Grad-CAM of one cached case (see module docstring): ``out_dir/<case>_slice<k>_{global,local}.png`` (heatmap
-    over I_G and over I_L = I_G × box mask) + ``<case>_cam.json``. Baselines with ``cam_layers()`` get one map each."""
+    over I_G and over I_L = I_G × box mask) + ``<case>_cam.json``. Baselines with ``cam_layers()`` get one map each.
+    Existing figures of the case are not replaced unless ``overwrite``."""
+    if (Path(out_dir) / f"{case}_cam.json").exists() and not overwrite:
+        raise FileExistsError(f"{Path(out_dir) / f'{case}_cam.json'} exists; pass --overwrite to replace it")
     model, mcfg, _ = _load(model_dir, device)
     cache = cache if isinstance(cache, SliceCache) else SliceCache(cache)
     names = list(mcfg.get("class_names") or mcfg["classes"])
