@@ -24,6 +24,7 @@ __all__ = [
     "load_model",
     "load_config",
     "publish_dir",
+    "fault_point",
     "save_training_state",
     "load_training_state",
     "unwrap_model",
@@ -121,7 +122,7 @@ def save_model(
 
 
 def _version() -> str:
-    from glfuse import __version__
+    from glfuse._version import __version__
 
     return __version__
 
@@ -170,10 +171,32 @@ def publish_dir(tmp: str | Path, dst: str | Path) -> None:
     tmp, dst = Path(tmp), Path(dst)
     old = dst.with_name(dst.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
+    fault_point(f"publish:{dst.name}:built")
     if dst.exists():
         os.replace(dst, old)
+    fault_point(f"publish:{dst.name}:swap")
     os.replace(tmp, dst)
     shutil.rmtree(old, ignore_errors=True)
+
+
+_FAULT_COUNTS: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Crash-test hook: with ``GLFUSE_FAULT_AT=NAME#K`` in the environment the process SIGKILLs itself the K-th time it
+    passes point ``NAME`` (``publish:last:built``, ``publish:last:swap``, ``publish:best:swap``, ``epoch:trained``,
+    ``epoch:saved``). Used by the fault-loop tests; a no-op otherwise."""
+    spec = os.environ.get("GLFUSE_FAULT_AT")
+    if not spec:
+        return
+    want, _, k = spec.partition("#")
+    if want != name:
+        return
+    _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
+    if _FAULT_COUNTS[name] == int(k or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def save_training_state(state: dict[str, Any], path: str | Path) -> Path:

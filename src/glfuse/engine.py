@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from glfuse.checkpoint import (
     WEIGHTS_NAME,
+    fault_point,
     load_training_state,
     publish_dir,
     save_json,
@@ -667,7 +668,9 @@ def fit(
             improved = _validate(f, epoch, val_ds, row, collate_fn)
             f.history.append(row)
             _print_epoch(f, bar, row, improved, val_ds is not None)
+            fault_point("epoch:trained")
             _checkpoint(f, epoch, improved, model_extra)
+            fault_point("epoch:saved")
             if f.main:
                 for cb in callbacks:
                     cb(epoch, row)

@@ -28,7 +28,7 @@ USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, KeyError, NotADir
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from glfuse import __version__
+    from glfuse._version import __version__
 
     p = argparse.ArgumentParser(prog="glfuse", description="Global–local feature fusion for medical imaging.",
                                 epilog=EPILOG)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from glfuse.registry import register_model
+from glfuse.models._registry import register_model
 
 __all__ = ["TIMM_PREFIX", "EfficientNetB0", "MissingDependencyError", "ResNet50", "ViTClassifier", "create_timm_model"]
 

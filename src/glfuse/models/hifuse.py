@@ -31,7 +31,7 @@ from torch import nn
 
 from glfuse.layers.norm import LayerNorm2d
 from glfuse.layers.window import relative_position_index, shifted_window_mask, window_partition, window_reverse
-from glfuse.registry import register_model, register_official
+from glfuse.models._registry import register_model, register_official
 
 __all__ = [
     "IRMLP",
@@ -663,7 +663,7 @@ def load_official_hifuse(name: str, state_dict: Mapping[str, torch.Tensor], **mo
             f"num_classes={ckpt_classes} and call model.reset_classifier({num_classes}) to fine-tune"
         )
     model_kwargs.setdefault("in_chans", int(state_dict["downsample_layers.0.0.weight"].shape[1]))
-    from glfuse.registry import model_entrypoint
+    from glfuse.models._registry import model_entrypoint
 
     model = model_entrypoint(name)(**model_kwargs)
     sd = convert_official_state_dict(state_dict)

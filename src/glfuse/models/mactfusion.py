@@ -43,7 +43,7 @@ from torch import nn
 
 from glfuse.layers import fused
 from glfuse.layers.maxvit import CheckpointMixin, CrossMaxViTBlock, MaxViTBlock, relative_position_index
-from glfuse.registry import register_model, register_official
+from glfuse.models._registry import register_model, register_official
 
 __all__ = [
     "MACTFusion",

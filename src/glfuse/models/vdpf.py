@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glfuse.registry import read_state_dict, register_model
+from glfuse.models._registry import read_state_dict, register_model
 
 __all__ = [
     "FEATURES",
