@@ -219,3 +219,44 @@ def test_fit_and_its_validation_follow_tune_allocator(tmp_path, monkeypatch, tun
     monkeypatch.setattr(engine, "tune_cpu_allocator", lambda: calls.append(1) or True)
     fit(TinyNet(), TinyTask(), Blobs(), Blobs(9, seed=1), _cfg(epochs=1, tune_allocator=tune), tmp_path / "run")
     assert len(calls) == (2 if tune else 0)  # once for training, once for the validation pass
+
+
+def test_progress_lines_when_output_is_not_a_terminal(capsys):
+    """A batch job's log gets plain progress lines at the interval (rich alone would print nothing until the end)."""
+    from glfuse.engine import progress_bar
+
+    with progress_bar(True, interval_s=0.0) as bar:
+        t = bar.add_task("epoch 1/3", total=4, info="")
+        for i in range(4):
+            bar.update(t, advance=1, info=f"loss {i:.2f}")
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch 1/3  ")]
+    assert lines[-1].startswith("epoch 1/3  4/4 (100%)") and "loss 3.00" in lines[-1] and len(lines) >= 4
+    with progress_bar(False) as bar:  # --quiet: nothing at all
+        bar.update(bar.add_task("x", total=1, info=""), advance=1)
+    assert capsys.readouterr().out == ""
+
+
+def test_logged_lr_is_the_mean_lr_the_epoch_trained_with(tmp_path):
+    from glfuse.engine import lr_factor
+
+    cfg = _cfg(epochs=1, schedule="warmup_cosine", warmup_epochs=1.0, lr=0.1)
+    s = fit(TinyNet(), TinyTask(), Blobs(), None, cfg, tmp_path / "r")
+    n = 6  # 24 samples, batch 4
+    want = sum(0.1 * lr_factor(k, cfg, n) for k in range(n)) / n
+    assert s["last"]["lr"] == pytest.approx(want) and s["last"]["lr"] > 1e-3  # not the 1e-4 the epoch started with
+
+
+def test_tensorboard_tracking(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = _cfg(epochs=2, tracker="tensorboard")
+    fit(TinyNet(), TinyTask(), Blobs(), Blobs(9, seed=1), cfg, tmp_path / "r")
+    acc = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "epoch/val_acc", "epoch/train_loss"} <= set(tags)
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(12))  # 2 epochs x 6 iterations
+    assert [e.step for e in acc.Scalars("epoch/val_acc")] == [1, 2]
+    log = json.loads((tmp_path / "r" / "log.json").read_text())
+    assert [e.value for e in acc.Scalars("epoch/val_acc")] == pytest.approx([r["val_acc"] for r in log])

@@ -295,7 +295,8 @@ def config_source(config: str | Path | None, run_dir: str | Path | None, resume:
 
 #: keys that may differ when a run is resumed: how long it runs and how it is run, not what is trained or how
 RESUMABLE_KEYS = ("train.epochs", "train.early_stop_patience", "train.eval_every", "train.save_every",
-                  "train.eval_batch_size", "train.num_workers", "train.device", "train.progress", "train.tune_allocator")
+                  "train.eval_batch_size", "train.num_workers", "train.device", "train.progress", "train.tune_allocator",
+                  "train.tracker")
 
 
 def _changed_keys(cfg: Any, old: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
