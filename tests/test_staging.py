@@ -179,7 +179,7 @@ def test_missing_label_warns_and_cli_error_is_one_line(tmp_path, capsys):
     rc = main(["stage", "prepare", "--images", str(imgs), "--labels", str(tmp_path / "l.csv"), "--label-column", "g",
                "-o", str(tmp_path / "o2"), "--quiet", "--cases", "A,D"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and "case D" in err and "mask.nii.gz" in err
+    assert rc == 1 and len(err.splitlines()) == 1 and "case D" in err and "mask.nii.gz" in err
 
 
 # ------------------------------------------------------------------------------------------------ splits / metrics

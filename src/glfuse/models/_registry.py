@@ -1,5 +1,7 @@
-"""Model registry in timm's style (lives at the bottom of :mod:`glfuse.models`, like timm's ``timm/models/_registry.py``,
-so that model files register themselves without importing upwards; :mod:`glfuse.registry` is its public face), plus the registry of official-checkpoint converters.
+"""Model registry in timm's style, plus the registry of official-checkpoint converters.
+
+It lives at the bottom of :mod:`glfuse.models` (like timm's ``timm/models/_registry.py``) so that model files register
+themselves without importing upwards; :mod:`glfuse.registry` is its public face.
 
 ``@register_model`` registers a factory under its function name, with its declared contract (:class:`ModelInfo`, like
 timm's pretrained configs): what it takes as input (an image, an image + lesion-box mask, or a registered modality pair),
