@@ -360,3 +360,35 @@ def test_fuse_images_keeps_a_callers_model_where_it_is():
     img = np.random.default_rng(0).random((16, 16)).astype(np.float32)
     fuse_images(net, img, img)
     assert next(net.parameters()).dtype == torch.float64  # not converted or moved
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 3 MiB tmpfs (root only; skipped elsewhere)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_disk_full_during_training_is_one_line_and_loses_nothing(systems, small_fs, capsys):
+    run = small_fs / "run"
+    filler = small_fs / "filler"
+    argv = [*systems["classify"](run), "train.epochs=1", "--resume", "auto"]
+    assert main(argv) == 0  # one epoch fits
+    before = _weights(run / "last")
+    free = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize
+    filler.write_bytes(b"\0" * max(free - 40_000, 0))  # leave ~40 kB: the next checkpoint cannot be written
+    assert main([*systems["classify"](run), "train.epochs=2", "--resume", "auto"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on device" in err[0].lower() and str(run) in err[0], err
+    assert "enforce fail" not in err[0]
+    assert _same(_weights(run / "last"), before) and _epochs(run) == [1]  # checkpoint and log as they were
+    assert not list(run.glob("*.tmp"))
+    filler.unlink()
+    assert main([*systems["classify"](run), "train.epochs=2", "--resume", "auto"]) == 0
+    assert _epochs(run) == [1, 2]

@@ -37,13 +37,30 @@ CONFIG_NAME = "config.json"
 
 
 def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
-    """Call ``writer(tmp_path)`` then atomically rename the temporary file to ``path``."""
+    """Call ``writer(tmp_path)`` then atomically rename the temporary file to ``path``.
+
+    A failed write leaves ``path`` as it was and no temporary file; it raises ``OSError`` naming ``path`` and the
+    cause (e.g. "No space left on device"), also when the writer is torch's serializer, whose own message is an
+    internal assertion."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        writer(tmp)
+        try:
+            writer(tmp)
+        except OSError as e:
+            raise OSError(e.errno, f"{path}: cannot write ({e.strerror or e})") from e
+        except RuntimeError as e:  # torch.save reports a full disk as "[enforce fail at inline_container.cc...]"
+            if "enforce fail" not in str(e) and "write" not in str(e).lower():
+                raise
+            import errno
+            import shutil
+
+            full = shutil.disk_usage(path.parent).free < (1 << 20)
+            code = errno.ENOSPC if full else errno.EIO
+            raise OSError(code, f"{path}: cannot write ({'no space left on device' if full else str(e).splitlines()[0]})"
+                          ) from e
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions

@@ -457,6 +457,17 @@ def _better(value: float, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
+def check_train_config(cfg: TrainConfig) -> TrainConfig:
+    """Everything about ``cfg`` that can be checked before any work: declared types, choices and ranges, and that the
+    requested device exists in this torch build. Systems call it first thing in ``train``."""
+    validate_config(cfg, "train.")
+    try:
+        get_device(cfg.device)
+    except ValueError as e:
+        raise ValueError(f"config key 'train.device': {e}") from None
+    return cfg
+
+
 def check_monitor(task: Any, cfg: TrainConfig, has_val: bool) -> None:
     """Fail before training when ``cfg.monitor`` is not a metric the task reports (tasks declare ``metric_names()``)."""
     if not has_val or not hasattr(task, "metric_names"):
@@ -736,8 +747,12 @@ def _save_last(model: nn.Module, run_dir: Path, extra: dict[str, Any], state: di
 
     tmp = run_dir / "last.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, extra=extra)
-    save_training_state(state, tmp / "training_state.pt")
+    try:
+        save_model(model, tmp, extra=extra)
+        save_training_state(state, tmp / "training_state.pt")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # e.g. a full disk: last/ stays the previous complete epoch
+        raise
     publish_dir(tmp, run_dir / "last")
 
 

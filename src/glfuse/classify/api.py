@@ -235,8 +235,10 @@ def train(cfg: ClassifyConfig, run_dir: str | Path, *, resume: bool | str = Fals
     is one and starts otherwise (see :func:`glfuse.runs.open_run` for the whole policy, the lock and distributed runs).
     An existing run is never replaced unless ``overwrite=True``.
     """
+    from glfuse.engine import check_train_config
     from glfuse.runs import open_run
 
+    check_train_config(cfg.train)  # before any file is touched
     with open_run(run_dir, "classification", resume=resume, overwrite=overwrite) as run:
         return _train(cfg, run)
 

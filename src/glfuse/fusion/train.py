@@ -202,8 +202,10 @@ def train(cfg: FusionConfig, run_dir: str | Path, *, resume: bool | str = False,
     ``split.json``). ``resume`` / ``overwrite``: the run lifecycle of :func:`glfuse.runs.open_run` (``resume="auto"``:
     resume a started run, else start). The saved ``best/`` and ``last/`` folders carry the fusion preprocessing and the
     modality roles (``fusion: {vis, ir}``), so ``glfuse fuse run --model RUN/best`` needs no further arguments."""
+    from glfuse.engine import check_train_config
     from glfuse.runs import open_run
 
+    check_train_config(cfg.train)  # before any file is touched
     with open_run(run_dir, "fusion", resume=resume, overwrite=overwrite) as run:
         return _train(cfg, run)
 

@@ -233,8 +233,10 @@ def train(cfg: StageConfig, run_dir: str | Path, *, resume: bool | str = False, 
     ``resume`` / ``overwrite``: the run lifecycle of :func:`glfuse.runs.open_run` (``resume="auto"``: resume a started
     run, else start). Returns the engine summary plus ``test`` (case- and slice-level scalar metrics) when there is a
     test part."""
+    from glfuse.engine import check_train_config
     from glfuse.runs import open_run
 
+    check_train_config(cfg.train)  # before any file is touched
     with open_run(run_dir, "staging", resume=resume, overwrite=overwrite) as run:
         return _train(cfg, run, evaluate_test)
 
