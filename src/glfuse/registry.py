@@ -5,28 +5,5 @@ register itself (``@register_model(...)``, ``@register_official(...)``) without 
 above the models imports it from here.
 """
 
-from glfuse.models._registry import (
-    ModelInfo,
-    create_model,
-    is_model,
-    list_models,
-    load_official,
-    model_entrypoint,
-    model_info,
-    read_state_dict,
-    register_model,
-    register_official,
-)
-
-__all__ = [
-    "ModelInfo",
-    "model_info",
-    "register_model",
-    "create_model",
-    "list_models",
-    "is_model",
-    "model_entrypoint",
-    "register_official",
-    "load_official",
-    "read_state_dict",
-]
+from glfuse.models._registry import *  # noqa: F403 - this module is the registry's public face
+from glfuse.models._registry import __all__  # noqa: F401
