@@ -353,10 +353,15 @@ def progress_bar(enabled: bool = True, interval_s: float | None = None):
         TimeRemainingColumn,
     )
 
+    from rich.console import Console
+
+    console = Console()
+    plain = enabled and not console.is_terminal
+
     class _Progress(Progress):
         def __init__(self, *columns: Any, **kw: Any) -> None:
             super().__init__(*columns, **kw)
-            self._plain = enabled and not self.console.is_terminal
+            self._plain = plain
             self._every = interval_s if interval_s is not None else float(os.environ.get("GLFUSE_LOG_INTERVAL", 30))
             self._last: dict[Any, float] = {}
 
@@ -390,7 +395,8 @@ def progress_bar(enabled: bool = True, interval_s: float | None = None):
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
-        disable=not enabled,
+        console=console,
+        disable=not enabled or plain,  # plain lines replace the bar where it cannot be drawn
         transient=False,
     )
 
@@ -667,6 +673,22 @@ def _checkpoint(f: _Fit, epoch: int, improved: bool, model_extra: dict[str, Any]
     _write_logs(f.run_dir, f.history)
 
 
+def _header(f: _Fit, train_ds: Dataset, val_ds: Dataset | None, extra: dict[str, Any] | None) -> str:
+    """What a run is about to do, printed before the first epoch."""
+    arch = getattr(f.base, "glfuse_cfg", {}).get("arch", type(f.base).__name__)
+    params = sum(p.numel() for p in f.base.parameters())
+    lines = [f"run {f.run_dir}: {'resuming after epoch ' + str(f.start_epoch) if f.start_epoch else 'new run'}",
+             f"  model {arch}: {params / 1e6:.2f} M parameters; device {f.device}"
+             + (f" x {f.world} processes" if f.world > 1 else ""),
+             f"  train {len(train_ds)} samples ({f.iters_per_epoch} iterations of {f.cfg.batch_size} per epoch), "
+             f"val {len(val_ds) if val_ds is not None else 0}; epochs {f.cfg.epochs}; best by {f.cfg.monitor} "
+             f"({f.cfg.monitor_mode})"]
+    counts = (extra or {}).get("train_counts")
+    if isinstance(counts, dict):
+        lines.append("  classes (train images): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return "\n".join(lines)
+
+
 def _print_epoch(f: _Fit, bar: Any, row: dict[str, Any], improved: bool, has_val: bool) -> None:
     if not (f.main and f.cfg.progress):
         return
@@ -674,7 +696,7 @@ def _print_epoch(f: _Fit, bar: Any, row: dict[str, Any], improved: bool, has_val
     bar.console.print(f"epoch {row['epoch']}/{f.cfg.epochs}  " + "  ".join(
         f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
         + f"  ({row['train_time_s']:.0f} s, {row['train_samples_per_s']:.1f} samples/s)"
-        + ("  *best*" if improved and has_val else ""))
+        + ("  *best*" if improved and has_val else ""), soft_wrap=True, highlight=False)
 
 
 def fit(
@@ -714,6 +736,8 @@ def fit(
     f = _start(model, task, train_ds, cfg, run_dir, resume, collate_fn)
     if f.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.progress:
+            print(_header(f, train_ds, val_ds, model_extra), flush=True)
     stopped_early = False
     with progress_bar(cfg.progress and f.main) as bar:
         for epoch in range(f.start_epoch, cfg.epochs):
