@@ -402,7 +402,7 @@ def read_slice(path: str | Path, *, window: tuple[float, float] | str | None = "
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: image file not found")
-    tag_window = None
+    tag_window, invert = None, False
     if is_volume_file(p):
         vol = load_volume(p)
         n = vol.shape[axis % 3]
