@@ -149,7 +149,8 @@ def test_bad_case_errors(tmp_path, kind, match):
 def test_boxes_outside_image(tmp_path):
     imgs = tmp_path / "images"
     _write_case(imgs, "BAD")
-    (tmp_path / "l.csv").write_text("case_id,g\nBAD,1\n")
+    _write_case(imgs, "OK", seed=1)  # a second class: single-class data is rejected before any volume is read
+    (tmp_path / "l.csv").write_text("case_id,g\nBAD,1\nOK,2\n")
     b = tmp_path / "boxes.csv"
     b.write_text("case_id,slice,x_min,y_min,x_max,y_max\nBAD,1,2,2,20,5\n")  # width is 20 -> x_max 20 outside
     with pytest.raises(ValueError, match=r"case BAD \(.*boxes.csv\): box \(2, 2, 20, 5\) on slice 1 lies outside"):
@@ -166,14 +167,15 @@ def test_missing_label_warns_and_cli_error_is_one_line(tmp_path, capsys):
     _write_case(imgs, "A", seed=1)
     _write_case(imgs, "B", seed=2)
     _write_case(imgs, "C", seed=3)
-    (tmp_path / "l.csv").write_text("case_id,g\nA,1\nB,\n")
+    _write_case(imgs, "E", seed=4)
+    (tmp_path / "l.csv").write_text("case_id,g\nA,1\nB,\nE,2\n")
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         idx = prepare(imgs, tmp_path / "l.csv", "g", tmp_path / "out", progress=False, size=16)
     msgs = [str(x.message) for x in w if issubclass(x.category, StagingDataWarning)]
     assert any("case B" in m and "l.csv" in m and "missing label" in m for m in msgs)
     assert any("case C" in m and "not listed" in m for m in msgs)
-    assert [r["case_id"] for r in idx["cases"]] == ["A"]
+    assert [r["case_id"] for r in idx["cases"]] == ["A", "E"]
     _write_case(imgs, "D", empty=True)
     (tmp_path / "l.csv").write_text("case_id,g\nA,1\nD,2\n")
     rc = main(["stage", "prepare", "--images", str(imgs), "--labels", str(tmp_path / "l.csv"), "--label-column", "g",
