@@ -8,6 +8,7 @@ Example (LGG stand-in data)::
     glfuse stage train -c vdpf_lgg data.cache=cache/lgg data.split=cache/lgg/split.json -o runs/vdpf
     glfuse stage evaluate runs/vdpf --cache cache/lgg --split cache/lgg/split.json -o runs/vdpf/test
     glfuse stage predict runs/vdpf --volume case/flair.nii.gz --mask case/mask.nii.gz -o case_pred.csv
+    glfuse stage predict runs/vdpf --images ../shared/data/lgg-mri --image-name '*flair*' -o runs/vdpf/pred
     glfuse stage ablate -c vdpf_lgg data.cache=... data.split=... --variants vdpf vdpf_cat resnet50 -o runs/ablate
     glfuse stage cam runs/vdpf --cache cache/lgg --case TCGA_CS_4942 -o runs/vdpf/cam
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 
 
 def _console():
@@ -45,7 +47,9 @@ def _prepare(args) -> int:
                       boxes_csv=args.boxes, image_name=args.image_name, mask_name=args.mask_name, axis=args.axis,
                       size=args.size, dtype=args.dtype, all_slices=args.all_slices,
                       classes=args.classes.split(",") if args.classes else None,
-                      cases=args.cases.split(",") if args.cases else None, overwrite=args.overwrite,
+                      cases=args.cases.split(",") if args.cases else None,
+                      orientation=None if args.orientation.lower() == "none" else args.orientation.upper(),
+                      resample_mask=args.resample_mask, predict_only=args.predict_only, overwrite=args.overwrite,
                       progress=not args.quiet, console=con)
     for w in caught:
         if issubclass(w.category, StagingDataWarning):
@@ -90,9 +94,29 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _predict_folder(args) -> int:
+    from glfuse.staging.api import predict_folder
+
+    if args.volume or args.mask or args.case_id:
+        raise ValueError("--images (a folder of cases or a cache) stages every case; do not combine it with --volume, "
+                         "--mask or --case-id")
+    if not args.output:
+        raise ValueError("--images needs -o/--output: the folder for case_predictions.csv and slice_predictions.csv")
+    recs = predict_folder(args.model, args.images, args.output, image_name=args.image_name, mask_name=args.mask_name,
+                          boxes_csv=args.boxes, batch_size=args.batch_size, device=args.device,
+                          overwrite=args.overwrite, progress=not args.quiet)
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(Counter(r["pred"] for r in recs).items()))
+    print(f"{len(recs)} case(s) staged ({counts}) -> {args.output}/case_predictions.csv, slice_predictions.csv")
+    return 0
+
+
 def _predict(args) -> int:
     from glfuse.staging.api import predict
 
+    if args.images:
+        return _predict_folder(args)
+    if args.volume is None:
+        raise ValueError("give --volume (one case, with --mask or --boxes) or --images (a folder of cases)")
     if (args.mask is None) == (args.boxes is None):
         raise ValueError("give exactly one of --mask (mask volume) or --boxes (boxes CSV)")
     r = predict(args.model, args.volume, args.mask or args.boxes, args.output, case_id=args.case_id,
@@ -133,6 +157,14 @@ def _cfg_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _name_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-name", default=None,
+                   help="image name in each case folder: exact, without suffix or a glob, e.g. FLAIR, '*flair*' "
+                        "(default: the only non-mask volume)")
+    p.add_argument("--mask-name", default="mask",
+                   help="mask name: exact, without suffix or a glob, e.g. GT_W or GT_W.nii.gz (default mask)")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("stage", help="VDPF lesion staging (prepare, split, train, evaluate, predict, ablate, cam)",
                        description="VDPF lesion staging on 3-D volumes with lesion boxes; case-level predictions.")
@@ -143,14 +175,20 @@ def add_parser(sub) -> None:
                                   "224² image + box mask). A case without label is reported and left out; other bad "
                                   "input stops with an error naming the case and file.")
     q.add_argument("--images", required=True, help="folder of case folders (<case_id>/<image> + <mask>)")
-    q.add_argument("--labels", required=True, help="CSV with case ids and labels")
-    q.add_argument("--label-column", required=True, help="column of --labels holding the class")
+    q.add_argument("--labels", default=None, help="CSV with case ids and labels (required unless --predict-only)")
+    q.add_argument("--label-column", default=None, help="column of --labels holding the class")
+    q.add_argument("--predict-only", action="store_true",
+                   help="no labels: cache every case for prediction (cannot be split or trained on)")
     q.add_argument("--id-column", default="case_id", help="case id column of --labels (default case_id)")
     q.add_argument("--boxes", default=None, help="CSV case_id,slice,x_min,y_min,x_max,y_max instead of mask volumes")
-    q.add_argument("--image-name", default=None, help="image file/folder name in each case folder (default: the only "
-                                                      "non-mask volume)")
-    q.add_argument("--mask-name", default="mask", help="mask volume name without suffix (default mask)")
-    q.add_argument("--axis", type=int, default=-1, help="array axis to slice along (default -1, the last)")
+    _name_args(q)
+    q.add_argument("--axis", type=int, default=-1,
+                   help="axis to slice along after reorientation (RAS: 0 sagittal, 1 coronal, 2 axial; default -1, "
+                        "the last)")
+    q.add_argument("--orientation", default="RAS",
+                   help="reorient volumes before slicing (default RAS; 'none' keeps the stored axes)")
+    q.add_argument("--resample-mask", action="store_true",
+                   help="resample a mask whose voxel grid differs from its image's (nearest) instead of failing")
     q.add_argument("--size", type=int, default=224, help="slice size after resizing (default 224)")
     q.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="cached image dtype")
     q.add_argument("--all-slices", action="store_true", help="also cache slices without lesion")
@@ -195,16 +233,22 @@ def add_parser(sub) -> None:
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=_evaluate)
 
-    q = ss.add_parser("predict", help="stage one case from its volume and mask (or boxes CSV)",
-                      description="Case class probabilities (mean slice softmax over lesion slices) + per-slice CSV.")
+    q = ss.add_parser("predict", help="stage one case (--volume) or a folder of cases (--images)",
+                      description="Case class probabilities (mean slice softmax over lesion slices) + per-slice CSV. "
+                                  "--images stages every case folder (or a prepared cache) into "
+                                  "OUT/case_predictions.csv and OUT/slice_predictions.csv; no labels needed.")
     q.add_argument("model", help="run folder or model folder")
-    q.add_argument("--volume", required=True, help="image volume (NIfTI/NRRD file or DICOM folder)")
+    q.add_argument("--volume", default=None, help="image volume (NIfTI/NRRD file or DICOM folder)")
+    q.add_argument("--images", default=None, help="folder of case folders (as for prepare) or a cache folder")
+    _name_args(q)
     q.add_argument("--mask", default=None, help="lesion mask volume")
     q.add_argument("--boxes", default=None, help="boxes CSV (case_id,slice,x_min,y_min,x_max,y_max)")
     q.add_argument("--case-id", default=None, help="case id (needed when --boxes holds several cases)")
-    q.add_argument("-o", "--output", default=None, help="output CSV")
+    q.add_argument("-o", "--output", default=None, help="output CSV (--images: output folder)")
     q.add_argument("--batch-size", type=int, default=16)
     q.add_argument("--device", default="auto")
+    q.add_argument("--overwrite", action="store_true", help="replace existing predictions (--images)")
+    q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=_predict)
 
     q = ss.add_parser("ablate", help="train + evaluate several variants on one split; paper-style tables",

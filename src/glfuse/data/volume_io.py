@@ -147,7 +147,7 @@ def _reorient(array: np.ndarray, affine: np.ndarray, axcodes: str) -> tuple[np.n
     from monai.transforms import Orientation
 
     t = MetaTensor(torch.from_numpy(np.ascontiguousarray(array))[None], affine=torch.as_tensor(affine, dtype=torch.float64))
-    out = Orientation(axcodes=axcodes)(t)
+    out = Orientation(axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")))(t)  # NIfTI/MONAI RAS world
     return np.ascontiguousarray(out.array[0]), np.asarray(out.affine, dtype=np.float64)
 
 

@@ -474,7 +474,7 @@ def _check_split_parts(cache: Path, parts: list[dict[str, list[str]]], labels: d
         empty = [n for n, f in (("val", val), ("test", test)) if f > 0 and not p[n]]
         if lacking or empty:
             why = (f"the train part lacks class(es) {', '.join(lacking)}" if lacking
-                   else f"the {' and '.join(empty)} part(s) would be empty")
+                   else f"the {' and '.join(empty)} part{'s' if len(empty) > 1 else ''} would be empty")
             raise ValueError(f"{cache}: too few cases for this split ({where}{why}; cases per {shown}); lower --val/--test "
                              f"or -k, or add cases")
 
