@@ -19,6 +19,25 @@ EPILOG = ("--a is the MRI, --b the CT/PET/SPECT image. Grey pairs (CT-MRI) enter
           "Outputs: grey for grey pairs, RGB for colour pairs, 8-bit = rint(clip(x,0,1)*255).")
 
 
+def _volume_args(r: argparse.ArgumentParser) -> None:
+    v = r.add_argument_group("volumes", "3-D fusion of two registered volumes (NIfTI/NRRD files or DICOM-series folders; "
+                                        "chosen automatically for volume inputs or a .nii/.nii.gz output)")
+    v.add_argument("--volume", action="store_true", help="treat --a/--b as volumes (e.g. two DICOM-series folders)")
+    v.add_argument("--format", choices=("nifti", "dicom"), default=None,
+                   help="volume output: nifti (-o out.nii.gz, the MRI's affine/header) or dicom (-o FOLDER, a new "
+                        "series); default from -o")
+    v.add_argument("--axis", type=int, default=2, help="RAS axis to fuse slices along: 0 sagittal, 1 coronal, "
+                                                       "2 axial (default)")
+    v.add_argument("--batch-size", type=int, default=8, help="slices per batch (default 8)")
+    v.add_argument("--resample", action="store_true",
+                   help="resample --b onto the MRI grid when the volume grids differ (else an error)")
+    v.add_argument("--a-norm", default=DEFAULT_NORM,
+                   help=f"intensity normalisation of --a: percentile:LO,HI | window:C,W | minmax (default {DEFAULT_NORM})")
+    v.add_argument("--b-norm", default=DEFAULT_NORM,
+                   help="intensity normalisation of --b, e.g. window:40,400 for a CT brain window (default "
+                        f"{DEFAULT_NORM})")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("fuse", help="multimodal image fusion (MACTFusion, classical) and fusion metrics",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,22 +62,7 @@ def add_parser(sub) -> None:
     r.add_argument("--allow-unmatched", action="store_true",
                    help="warn about (and skip) names without a partner instead of failing")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    v = r.add_argument_group("volumes", "3-D fusion of two registered volumes (NIfTI/NRRD files or DICOM-series folders; "
-                                        "chosen automatically for volume inputs or a .nii/.nii.gz output)")
-    v.add_argument("--volume", action="store_true", help="treat --a/--b as volumes (e.g. two DICOM-series folders)")
-    v.add_argument("--format", choices=("nifti", "dicom"), default=None,
-                   help="volume output: nifti (-o out.nii.gz, the MRI's affine/header) or dicom (-o FOLDER, a new "
-                        "series); default from -o")
-    v.add_argument("--axis", type=int, default=2, help="RAS axis to fuse slices along: 0 sagittal, 1 coronal, "
-                                                       "2 axial (default)")
-    v.add_argument("--batch-size", type=int, default=8, help="slices per batch (default 8)")
-    v.add_argument("--resample", action="store_true",
-                   help="resample --b onto the MRI grid when the volume grids differ (else an error)")
-    v.add_argument("--a-norm", default=DEFAULT_NORM,
-                   help=f"intensity normalisation of --a: percentile:LO,HI | window:C,W | minmax (default {DEFAULT_NORM})")
-    v.add_argument("--b-norm", default=DEFAULT_NORM,
-                   help="intensity normalisation of --b, e.g. window:40,400 for a CT brain window (default "
-                        f"{DEFAULT_NORM})")
+    _volume_args(r)
     r.set_defaults(func=cmd_run)
 
     c = fsub.add_parser("convert-official", help="convert an official checkpoint into a glfuse model folder",

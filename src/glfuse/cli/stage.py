@@ -157,6 +157,15 @@ def _cfg_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _geometry_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--orientation", default="RAS",
+                   help="reorient volumes before slicing (default RAS; 'none' keeps the stored axes)")
+    q.add_argument("--resample-mask", action="store_true",
+                   help="resample a mask whose voxel grid differs from its image's (nearest) instead of failing")
+    q.add_argument("--predict-only", action="store_true",
+                   help="no labels: cache every case for prediction (cannot be split or trained on)")
+
+
 def _name_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-name", default=None,
                    help="image name in each case folder: exact, without suffix or a glob, e.g. FLAIR, '*flair*' "
@@ -177,18 +186,13 @@ def add_parser(sub) -> None:
     q.add_argument("--images", required=True, help="folder of case folders (<case_id>/<image> + <mask>)")
     q.add_argument("--labels", default=None, help="CSV with case ids and labels (required unless --predict-only)")
     q.add_argument("--label-column", default=None, help="column of --labels holding the class")
-    q.add_argument("--predict-only", action="store_true",
-                   help="no labels: cache every case for prediction (cannot be split or trained on)")
     q.add_argument("--id-column", default="case_id", help="case id column of --labels (default case_id)")
     q.add_argument("--boxes", default=None, help="CSV case_id,slice,x_min,y_min,x_max,y_max instead of mask volumes")
     _name_args(q)
     q.add_argument("--axis", type=int, default=-1,
                    help="axis to slice along after reorientation (RAS: 0 sagittal, 1 coronal, 2 axial; default -1, "
                         "the last)")
-    q.add_argument("--orientation", default="RAS",
-                   help="reorient volumes before slicing (default RAS; 'none' keeps the stored axes)")
-    q.add_argument("--resample-mask", action="store_true",
-                   help="resample a mask whose voxel grid differs from its image's (nearest) instead of failing")
+    _geometry_args(q)
     q.add_argument("--size", type=int, default=224, help="slice size after resizing (default 224)")
     q.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="cached image dtype")
     q.add_argument("--all-slices", action="store_true", help="also cache slices without lesion")
