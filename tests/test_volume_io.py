@@ -198,6 +198,9 @@ def test_dicom_series_out_reads_back(tmp_path):
     assert len(files) == 6
     ds = pydicom.dcmread(str(files[0]))
     assert "DERIVED" in list(ds.ImageType) and ds.SeriesInstanceUID and ds.Modality == "MR"
+    # radiological view: columns run to the patient's left (+x LPS), rows to posterior (+y LPS)
+    assert [float(x) for x in ds.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+    assert (ds.Rows, ds.Columns) == (12, 10)
     back = VIO.load_volume(tmp_path / "dcm")
     assert back.shape == ref.shape
     np.testing.assert_allclose(back.affine, ref.affine, atol=1e-4)

@@ -7,8 +7,10 @@ writes it with the reference's own affine (NIfTI: its header too, data type floa
 new Study (unless the reference is DICOM), Series and SOP Instance UIDs; ``ImageType`` ``DERIVED\\SECONDARY``;
 patient / study / frame-of-reference tags carried over from a DICOM reference; ``ImagePositionPatient``,
 ``ImageOrientationPatient``, ``PixelSpacing``, ``SliceThickness`` and ``SpacingBetweenSlices`` from the reference
-geometry (RAS converted to DICOM's LPS). Pixel ``[r, c]`` of slice ``k`` is voxel ``(c, r, k)`` of the plane's two
-remaining axes in order. Intensity: values in [0, 1] are stored as unsigned 12-bit integers ``rint(clip(x,0,1)·4095)``
+geometry (RAS converted to DICOM's LPS). Slices are stored in the radiological view of
+:func:`glfuse.data.volume_io.display_slice` (axial: rows anterior to posterior, columns patient right to left, i.e.
+``ImageOrientationPatient`` 1\\0\\0\\0\\1\\0 for an axis-aligned volume), so viewers that ignore the geometry tags
+still show the usual picture. Intensity: values in [0, 1] are stored as unsigned 12-bit integers ``rint(clip(x,0,1)·4095)``
 with ``RescaleSlope = 1/4095``, ``RescaleIntercept = 0`` (so the rescaled value is the fused intensity in [0, 1]),
 window centre 0.5 / width 1; the rule is also written to ``DerivationDescription``. The series is written to a temporary
 folder and moved into place, so a crash never leaves a partial series.
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from glfuse.checkpoint import atomic_write
-from glfuse.data.volume_io import Volume
+from glfuse.data.volume_io import Volume, display_slice
 
 __all__ = ["DICOM_RESCALE", "save_dicom_series_like", "save_nifti_like"]
 
@@ -130,7 +132,7 @@ def save_dicom_series_like(array: np.ndarray, reference: Volume, out_dir: str | 
     if reference.orientation is None:
         raise ValueError(f"{reference.source}: write DICOM from a volume loaded with orientation='RAS'")
     p, q, lps = _plane_geometry(reference.affine, axis)
-    col_dir, row_dir = lps[:3, p], lps[:3, q]
+    col_dir, row_dir = -lps[:3, p], -lps[:3, q]  # radiological view: pixel [r, c] = voxel (n_p-1-c, n_q-1-r)
     iop = [_ds(v) for v in (*(col_dir / np.linalg.norm(col_dir)), *(row_dir / np.linalg.norm(row_dir)))]
     spacing = [_ds(np.linalg.norm(row_dir)), _ds(np.linalg.norm(col_dir))]
     thick = _ds(np.linalg.norm(lps[:3, axis]))
@@ -150,14 +152,14 @@ def save_dicom_series_like(array: np.ndarray, reference: Volume, out_dir: str | 
             ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
             ds.InstanceNumber = k + 1
             idx = np.zeros(4)
-            idx[axis], idx[3] = k, 1.0
+            idx[axis], idx[p], idx[q], idx[3] = k, arr.shape[p] - 1, arr.shape[q] - 1, 1.0
             ds.ImagePositionPatient = [_ds(v) for v in (lps @ idx)[:3]]
             ds.ImageOrientationPatient = iop
             ds.PixelSpacing = spacing
             ds.SliceThickness = ds.SpacingBetweenSlices = thick
-            plane = np.take(stored, k, axis=axis)  # [n_p, n_q] -> pixel [r, c] = voxel (c, r)
-            ds.Rows, ds.Columns = plane.shape[1], plane.shape[0]
-            ds.PixelData = np.ascontiguousarray(plane.T).tobytes()
+            pixels = display_slice(np.take(stored, k, axis=axis))  # [n_q, n_p]
+            ds.Rows, ds.Columns = pixels.shape
+            ds.PixelData = pixels.tobytes()
             ds.save_as(str(tmp / name), enforce_file_format=True)
             files.append(out_dir / name)
         if out_dir.exists():
