@@ -163,6 +163,11 @@ def test_read_slice_dicom_window_and_nifti(tmp_path):
     img2 = VIO.read_slice(f, window=(140, 200))
     assert img2[1, 1] == pytest.approx(0.0) and img2[0, 0] == pytest.approx(1.0)
     assert VIO.read_slice(f, window=None)[1, 1] == 0.0  # min-max
+    assert np.array_equal(VIO.read_slice(f, window="140,200"), img2)
+    with pytest.raises(ValueError, match="width must be > 0"):
+        VIO.read_slice(f, window="40,0")
+    pil = VIO.read_slice_image(f, in_chans=3)
+    assert pil.mode == "RGB" and pil.size == (5, 4) and pil.getpixel((1, 1)) == (128, 128, 128)
     v = _anatomy((6, 7, 5))
     nib.save(nib.Nifti1Image(v, np.eye(4)), str(tmp_path / "v.nii.gz"))
     s = VIO.read_slice(tmp_path / "v.nii.gz", slice_index=1)

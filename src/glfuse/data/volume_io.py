@@ -39,6 +39,7 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_NORM",
+    "SLICE_SUFFIXES",
     "VOLUME_SUFFIXES",
     "Volume",
     "check_same_geometry",
@@ -50,11 +51,14 @@ __all__ = [
     "load_volume",
     "normalise",
     "parse_norm",
+    "parse_window",
     "read_slice",
+    "read_slice_image",
     "resample_to",
 ]
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr")
+SLICE_SUFFIXES = (".dcm", ".dicom", *VOLUME_SUFFIXES)  # files read_slice / read_slice_image take
 DEFAULT_NORM = "percentile:0.5,99.5"
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".txt", ".csv", ".json")
@@ -388,6 +392,30 @@ def _dicom_window(ds: Any) -> tuple[float, float] | None:
     return (c, w) if w > 0 else None
 
 
+def parse_window(window: tuple[float, float] | str | None) -> tuple[float, float] | str | None:
+    """``"40,400"`` -> ``(40.0, 400.0)``; ``"auto"``, None and tuples pass through (width must be > 0)."""
+    if window is None or (isinstance(window, str) and window.strip().lower() == "auto"):
+        return "auto" if window is not None else None
+    if isinstance(window, str):
+        try:
+            c, w = (float(x) for x in window.split(","))
+        except ValueError:
+            raise ValueError(f"window {window!r}: expected CENTER,WIDTH (e.g. 40,400) or auto") from None
+    else:
+        c, w = (float(x) for x in window)
+    if w <= 0:
+        raise ValueError(f"window {window!r}: width must be > 0")
+    return c, w
+
+
+def read_slice_image(path: str | Path, in_chans: int = 3, window: tuple[float, float] | str | None = "auto"):
+    """:func:`read_slice` as an 8-bit PIL image (``L`` or ``RGB``) for the classification loaders."""
+    from PIL import Image
+
+    x = np.rint(read_slice(path, window=window) * 255).astype(np.uint8)
+    return Image.fromarray(x, mode="L").convert("RGB" if in_chans == 3 else "L")
+
+
 def read_slice(path: str | Path, *, window: tuple[float, float] | str | None = "auto", slice_index: int | None = None,
                axis: int = 2) -> np.ndarray:
     """A 2-D float32 image in [0, 1] from a DICOM file or a NIfTI/NRRD volume (for classification).
@@ -395,10 +423,11 @@ def read_slice(path: str | Path, *, window: tuple[float, float] | str | None = "
     Args:
         path: a single-frame DICOM file, or a volume file (its slice ``slice_index`` along RAS ``axis``, default the
             middle axial slice, in the radiological view of :func:`display_slice`).
-        window: ``(center, width)`` in the image's units (e.g. Hounsfield units after the DICOM rescale);
-            ``"auto"`` (default) uses the DICOM ``WindowCenter``/``WindowWidth`` tags when present, else min–max;
-            None always min–max.
+        window: ``(center, width)`` (or ``"C,W"``) in the image's units (e.g. Hounsfield units after the DICOM
+            rescale); ``"auto"`` (default) uses the DICOM ``WindowCenter``/``WindowWidth`` tags when present, else
+            min–max; None always min–max.
     """
+    window = parse_window(window)
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: image file not found")
@@ -412,9 +441,7 @@ def read_slice(path: str | Path, *, window: tuple[float, float] | str | None = "
         x = display_slice(np.take(vol.array, k, axis=axis % 3).astype(np.float32))
     else:
         x, tag_window, invert = _read_dicom_slice(p)
-    win = tag_window if isinstance(window, str) and window == "auto" else window
-    if isinstance(win, str):
-        raise ValueError(f"window must be 'auto', None or (center, width), got {window!r}")
+    win = tag_window if window == "auto" else window
     y = normalise(x, "minmax" if win is None else f"window:{win[0]},{win[1]}", name=str(p))
     return (1.0 - y).astype(np.float32) if invert else y
 
