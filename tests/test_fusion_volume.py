@@ -95,3 +95,22 @@ def test_cli_volume_to_dicom_and_nifti(tmp_path, capsys):
     np.testing.assert_allclose(back.array, np.rint(nifti * 4095) / 4095, atol=1e-5)
     assert main(["fuse", "run", "--model", "average", "--a", str(a), "--b", str(b), "-o", str(tmp_path / "o.nii.gz")]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_cli_dicom_series_inputs_detected(tmp_path, capsys):
+    from glfuse.data.volume_write import save_dicom_series_like
+
+    a, b, _ = _pair(tmp_path)
+    for src, name in ((a, "mri_dcm"), (b, "ct_dcm")):
+        v = load_volume(src)
+        save_dicom_series_like(normalise(v.array, "minmax"), v, tmp_path / name)
+    # two DICOM-series folders, output folder without extension: a fused DICOM series (no --volume/--format needed)
+    assert main(["fuse", "run", "--model", "average", "--a", str(tmp_path / "mri_dcm"), "--b", str(tmp_path / "ct_dcm"),
+                 "-o", str(tmp_path / "fused"), "--a-norm", "none", "--b-norm", "none"]) == 0
+    out, ref = load_volume(tmp_path / "fused"), load_volume(tmp_path / "mri_dcm")
+    np.testing.assert_allclose(out.affine, ref.affine, atol=1e-4)
+    ct = load_volume(tmp_path / "ct_dcm").array
+    np.testing.assert_allclose(out.array, (ref.array + ct) / 2, atol=1 / 4095 + 1e-6)  # one 12-bit step
+    assert main(["fuse", "run", "--model", "average", "--a", str(a), "--b", str(b), "-o", str(tmp_path / "x.png"),
+                 "--volume"]) == 2
+    assert "x.png" in capsys.readouterr().err

@@ -122,19 +122,26 @@ def _dicom_files(folder: Path) -> list[Path]:
 
 
 def is_dicom_series(path: str | Path) -> bool:
-    """True for a folder whose first candidate file is DICOM with a slice position (a series, not 2-D images)."""
+    """True for a folder holding at least two DICOM images of **one** series with slice positions (a volume, not a
+    folder of unrelated 2-D DICOM images). Reads headers only."""
     p = Path(path)
     if not p.is_dir():
         return False
     import pydicom
 
-    for f in _dicom_files(p)[:1]:
+    series, n = set(), 0
+    for f in _dicom_files(p):
         try:
             ds = pydicom.dcmread(str(f), stop_before_pixels=True)
         except Exception:  # noqa: BLE001 - not DICOM
             return False
-        return "ImagePositionPatient" in ds
-    return False
+        if "ImagePositionPatient" not in ds:
+            return False
+        series.add(str(getattr(ds, "SeriesInstanceUID", "")))
+        n += 1
+        if len(series) > 1:
+            return False
+    return n >= 2
 
 
 # ------------------------------------------------------------------------------------------------------------ reading

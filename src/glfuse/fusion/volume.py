@@ -44,7 +44,8 @@ __all__ = ["fuse_volume_arrays", "fuse_volumes", "output_format", "record_path"]
 
 
 def output_format(output: str | Path, fmt: str | None = None) -> str:
-    """``"nifti"`` or ``"dicom"`` from ``fmt`` or the output name (``.nii``/``.nii.gz`` -> nifti, else dicom folder)."""
+    """``"nifti"`` or ``"dicom"`` from ``fmt`` or the output name (``.nii``/``.nii.gz`` -> nifti, a name without
+    extension -> a DICOM-series folder, anything else an error)."""
     if fmt is not None:
         f = fmt.lower()
         if f not in ("nifti", "dicom"):
@@ -52,7 +53,12 @@ def output_format(output: str | Path, fmt: str | None = None) -> str:
         if f == "nifti" and not str(output).lower().endswith((".nii", ".nii.gz")):
             raise ValueError(f"{output}: a NIfTI output must end in .nii or .nii.gz")
         return f
-    return "nifti" if str(output).lower().endswith((".nii", ".nii.gz")) else "dicom"
+    if str(output).lower().endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if Path(output).suffix and not Path(output).is_dir():
+        raise ValueError(f"{output}: a fused volume is written as .nii/.nii.gz or as a DICOM series into a folder "
+                         f"(a name without extension, or --format dicom)")
+    return "dicom"
 
 
 def record_path(output: str | Path) -> Path:
