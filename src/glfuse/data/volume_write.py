@@ -72,7 +72,7 @@ def save_nifti_like(array: np.ndarray, reference: Volume, path: str | Path, *, o
 
 
 def _ds(v: float) -> str:
-    return f"{v:.10g}"
+    return f"{float(v) + 0.0:.10g}"  # + 0.0: no "-0" in the tags
 
 
 def _base_dataset(reference: Volume, description: str, series_uid: str, study_uid: str, for_uid: str) -> Any:
