@@ -1,6 +1,8 @@
 """``glfuse fuse``: multimodal image fusion (MACTFusion and classical baselines) and fusion metrics.
 
-Sub-commands: ``run`` (fuse an image pair or two folders), ``convert-official`` (official checkpoint → model folder),
+Sub-commands: ``run`` (fuse an image pair or two folders; or two registered volumes — NIfTI/NRRD files or DICOM-series
+folders — slice-wise into ``out.nii.gz`` or a DICOM series, see :mod:`glfuse.fusion.volume`),
+``convert-official`` (official checkpoint → model folder),
 ``metrics`` (per-image and mean ± std metrics of any fused folder), ``compare`` (several methods → paper-style table
 and an image grid), ``train`` (train from a preset).
 

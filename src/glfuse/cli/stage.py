@@ -9,6 +9,7 @@ Example (LGG stand-in data)::
     glfuse stage evaluate runs/vdpf --cache cache/lgg --split cache/lgg/split.json -o runs/vdpf/test
     glfuse stage predict runs/vdpf --volume case/flair.nii.gz --mask case/mask.nii.gz -o case_pred.csv
     glfuse stage predict runs/vdpf --images ../shared/data/lgg-mri --image-name '*flair*' -o runs/vdpf/pred
+    glfuse stage prepare --images BRATS --predict-only --image-name FLAIR --mask-name GT_W -o cache/new  # no labels
     glfuse stage ablate -c vdpf_lgg data.cache=... data.split=... --variants vdpf vdpf_cat resnet50 -o runs/ablate
     glfuse stage cam runs/vdpf --cache cache/lgg --case TCGA_CS_4942 -o runs/vdpf/cam
 """
