@@ -149,7 +149,8 @@ def test_bad_case_errors(tmp_path, kind, match):
 def test_boxes_outside_image(tmp_path):
     imgs = tmp_path / "images"
     _write_case(imgs, "BAD")
-    (tmp_path / "l.csv").write_text("case_id,g\nBAD,1\n")
+    _write_case(imgs, "OK", seed=1)  # a second class: single-class data is rejected before any volume is read
+    (tmp_path / "l.csv").write_text("case_id,g\nBAD,1\nOK,2\n")
     b = tmp_path / "boxes.csv"
     b.write_text("case_id,slice,x_min,y_min,x_max,y_max\nBAD,1,2,2,20,5\n")  # width is 20 -> x_max 20 outside
     with pytest.raises(ValueError, match=r"case BAD \(.*boxes.csv\): box \(2, 2, 20, 5\) on slice 1 lies outside"):
@@ -166,20 +167,81 @@ def test_missing_label_warns_and_cli_error_is_one_line(tmp_path, capsys):
     _write_case(imgs, "A", seed=1)
     _write_case(imgs, "B", seed=2)
     _write_case(imgs, "C", seed=3)
-    (tmp_path / "l.csv").write_text("case_id,g\nA,1\nB,\n")
+    _write_case(imgs, "E", seed=4)
+    (tmp_path / "l.csv").write_text("case_id,g\nA,1\nB,\nE,2\n")
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         idx = prepare(imgs, tmp_path / "l.csv", "g", tmp_path / "out", progress=False, size=16)
     msgs = [str(x.message) for x in w if issubclass(x.category, StagingDataWarning)]
     assert any("case B" in m and "l.csv" in m and "missing label" in m for m in msgs)
     assert any("case C" in m and "not listed" in m for m in msgs)
-    assert [r["case_id"] for r in idx["cases"]] == ["A"]
+    assert [r["case_id"] for r in idx["cases"]] == ["A", "E"]
     _write_case(imgs, "D", empty=True)
     (tmp_path / "l.csv").write_text("case_id,g\nA,1\nD,2\n")
     rc = main(["stage", "prepare", "--images", str(imgs), "--labels", str(tmp_path / "l.csv"), "--label-column", "g",
                "-o", str(tmp_path / "o2"), "--quiet", "--cases", "A,D"])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1 and "case D" in err and "mask.nii.gz" in err
+
+
+def test_brats_layout_name_patterns_and_all_problems_in_one_message(tmp_path):
+    import nibabel as nib
+
+    imgs = tmp_path / "brats"
+    for i, cid in enumerate(["case_0", "case_1", "case_2"]):
+        d = _write_case(imgs, cid, label_blob=3 * (i % 2), seed=i)
+        (d / "t1.nii.gz").rename(d / "FLAIR.nii.gz")
+        (d / "mask.nii.gz").rename(d / "GT_W.nii.gz")
+        nib.save(nib.Nifti1Image(np.zeros((24, 20, 6), np.int16), np.eye(4)), str(d / "T1.nii.gz"))
+    (tmp_path / "l.csv").write_text("case_id,g\ncase_0,1\ncase_1,2\ncase_2,1\n")
+    for k, (image_name, mask_name) in enumerate((("FLAIR.nii.gz", "GT_W.nii.gz"), ("FLAIR", "GT_W"), ("*flair*", "gt_w*"))):
+        idx = prepare(imgs, tmp_path / "l.csv", "g", tmp_path / f"c{k}", image_name=image_name,
+                      mask_name=mask_name, size=16, progress=False)
+        assert all(r["image"].endswith("FLAIR.nii.gz") and r["mask"].endswith("GT_W.nii.gz") for r in idx["cases"])
+    (imgs / "case_1" / "GT_W.nii.gz").unlink()
+    (imgs / "case_2" / "FLAIR.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        prepare(imgs, tmp_path / "l.csv", "g", tmp_path / "bad", image_name="*flair*", mask_name="GT_W", size=16,
+                progress=False)
+    msg = str(e.value)
+    assert "2 problem(s)" in msg and "case case_1: no mask matching 'GT_W'" in msg
+    assert "case case_2: no image matching '*flair*'" in msg and "\n" not in msg
+
+
+def test_mask_grid_check_and_resample(tmp_path):
+    import nibabel as nib
+
+    imgs = tmp_path / "images"
+    for i, cid in enumerate(("A", "B")):
+        _write_case(imgs, cid, label_blob=3 * i, seed=i)
+    m = nib.load(str(imgs / "B" / "mask.nii.gz"))
+    shifted = np.eye(4)
+    shifted[0, 3] = 2.0  # same shape, grid moved by 2 mm
+    nib.save(nib.Nifti1Image(np.asarray(m.dataobj), shifted), str(imgs / "B" / "mask.nii.gz"))
+    (tmp_path / "l.csv").write_text("case_id,g\nA,1\nB,2\n")
+    with pytest.raises(ValueError, match=r"case B \(.*B/mask.nii.gz\): mask grid differs .*B/t1.nii.gz.*--resample-mask"):
+        prepare(imgs, tmp_path / "l.csv", "g", tmp_path / "c", size=16, progress=False)
+    idx = prepare(imgs, tmp_path / "l.csv", "g", tmp_path / "c", size=16, progress=False, resample_mask=True)
+    assert idx["preprocessing"]["resample_mask"] and idx["preprocessing"]["orientation"] == "RAS"
+
+
+def test_single_class_and_too_few_cases_rejected(tmp_path):
+    imgs = tmp_path / "images"
+    for i, cid in enumerate(("A", "B", "C")):
+        _write_case(imgs, cid, seed=i)
+    (tmp_path / "l.csv").write_text("case_id,g\nA,1\nB,1\nC,1\n")
+    with pytest.raises(ValueError, match=r"l.csv: all 3 usable case\(s\) have the label '1'.*at least 2 classes"):
+        prepare(imgs, tmp_path / "l.csv", "g", tmp_path / "c", size=16, progress=False)
+    (tmp_path / "l.csv").write_text("case_id,g\nA,1\nB,1\nC,2\n")
+    with pytest.warns(StagingDataWarning, match="fewer than 2 cases"):
+        prepare(imgs, tmp_path / "l.csv", "g", tmp_path / "c", size=16, progress=False)
+    with pytest.raises(ValueError, match=r"too few cases for this split .*train part lacks class\(es\) 2"):
+        make_split(tmp_path / "c", tmp_path / "s.json", val=0.2, test=0.6)
+    with pytest.raises(ValueError, match=r"too few cases for this split .*the val part would be empty"):
+        make_split(tmp_path / "c", tmp_path / "s.json", val=0.2, test=0.3)
+    with pytest.raises(ValueError, match="too few cases"):
+        make_split(tmp_path / "c", tmp_path / "s.json", k=3)
+    assert not (tmp_path / "s.json").exists()
 
 
 # ------------------------------------------------------------------------------------------------ splits / metrics
@@ -284,6 +346,23 @@ def test_end_to_end_cli(cache, dataset, tmp_path, capsys):
     b.write_text("case_id,slice,x_min,y_min,x_max,y_max\nC03,2,3,4,7,8\n")
     r = api.predict(run, case / "t1.nii.gz", b, None, device="cpu")
     assert r["case_id"] == "C03" and len(r["slices"]) == 1
+    # batch predict over a folder of cases (no labels) and over a --predict-only cache: same probabilities
+    assert main(["stage", "predict", str(run), "--images", str(dataset / "images"), "--image-name", "T1",
+                 "-o", str(tmp_path / "batch"), "--device", "cpu", "--quiet"]) == 0
+    cases = list(csv.DictReader(open(tmp_path / "batch" / "case_predictions.csv")))
+    assert len(cases) == 11 and {"NOLABEL", "C03"} <= {r["case_id"] for r in cases}
+    c03 = next(r for r in cases if r["case_id"] == "C03")
+    assert float(c03["prob_2"]) == pytest.approx(float(pr[0]["prob_2"]), abs=1e-5) and c03["n_slices"] == "2"
+    sl = list(csv.DictReader(open(tmp_path / "batch" / "slice_predictions.csv")))
+    assert sum(int(r["n_slices"]) for r in cases) == len(sl)
+    assert main(["stage", "predict", str(run), "--images", str(dataset / "images"), "-o", str(tmp_path / "batch"),
+                 "--device", "cpu", "--quiet"]) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(["stage", "prepare", "--images", str(dataset / "images"), "--predict-only", "-o", str(tmp_path / "po"),
+                 "--size", "32", "--quiet"]) == 0
+    assert main(["stage", "split", str(tmp_path / "po"), "-o", str(tmp_path / "po.json")]) == 2
+    assert "predict-only" in capsys.readouterr().err
+    r2 = api.predict_folder(run, tmp_path / "po", tmp_path / "batch2", device="cpu", progress=False)
+    assert {r["case_id"]: r["probs"]["2"] for r in r2}["C03"] == pytest.approx(float(c03["prob_2"]), abs=1e-3)
     # cam: global + local heatmaps of the top slice
     assert main(["stage", "cam", str(run), "--cache", str(cache), "--case", "C03", "-o", str(tmp_path / "cam")]) == 0
     info = json.loads((tmp_path / "cam" / "C03_cam.json").read_text())

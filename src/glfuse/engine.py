@@ -344,6 +344,7 @@ def progress_bar(enabled: bool = True, interval_s: float | None = None):
     until the end, so a plain line ``epoch 3/10  120/400 (30%)  2m05s  loss 0.41 ...`` is printed every ``interval_s``
     seconds instead (default ``GLFUSE_LOG_INTERVAL`` or 30 s) and when a task finishes.
     """
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -352,8 +353,6 @@ def progress_bar(enabled: bool = True, interval_s: float | None = None):
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
-
-    from rich.console import Console
 
     console = Console()
     plain = enabled and not console.is_terminal

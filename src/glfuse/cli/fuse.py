@@ -1,6 +1,8 @@
 """``glfuse fuse``: multimodal image fusion (MACTFusion and classical baselines) and fusion metrics.
 
-Sub-commands: ``run`` (fuse an image pair or two folders), ``convert-official`` (official checkpoint → model folder),
+Sub-commands: ``run`` (fuse an image pair or two folders; or two registered volumes — NIfTI/NRRD files or DICOM-series
+folders — slice-wise into ``out.nii.gz`` or a DICOM series, see :mod:`glfuse.fusion.volume`),
+``convert-official`` (official checkpoint → model folder),
 ``metrics`` (per-image and mean ± std metrics of any fused folder), ``compare`` (several methods → paper-style table
 and an image grid), ``train`` (train from a preset).
 
@@ -14,10 +16,30 @@ from pathlib import Path
 
 from glfuse.cli.common import EPILOG as EXIT_CODES_EPILOG
 from glfuse.cli.common import add_common, add_train_args, done_message, progress, train_overrides
+from glfuse.data.volume_io import DEFAULT_NORM
 
 EPILOG = ("--a is the MRI, --b the CT/PET/SPECT image. Grey pairs (CT-MRI) enter the network as vis = MRI, ir = CT; "
           "a colour PET/SPECT image enters as its BT.601 Y (vis) with the MRI as ir, and its Cb/Cr are put back. "
           "Outputs: grey for grey pairs, RGB for colour pairs, 8-bit = rint(clip(x,0,1)*255).")
+
+
+def _volume_args(r: argparse.ArgumentParser) -> None:
+    v = r.add_argument_group("volumes", "3-D fusion of two registered volumes (NIfTI/NRRD files or DICOM-series folders; "
+                                        "chosen automatically for volume inputs or a .nii/.nii.gz output)")
+    v.add_argument("--volume", action="store_true", help="treat --a/--b as volumes (e.g. two DICOM-series folders)")
+    v.add_argument("--format", choices=("nifti", "dicom"), default=None,
+                   help="volume output: nifti (-o out.nii.gz, the MRI's affine/header) or dicom (-o FOLDER, a new "
+                        "series); default from -o")
+    v.add_argument("--axis", type=int, default=2, help="RAS axis to fuse slices along: 0 sagittal, 1 coronal, "
+                                                       "2 axial (default)")
+    v.add_argument("--batch-size", type=int, default=8, help="slices per batch (default 8)")
+    v.add_argument("--resample", action="store_true",
+                   help="resample --b onto the MRI grid when the volume grids differ (else an error)")
+    v.add_argument("--a-norm", default=DEFAULT_NORM,
+                   help=f"intensity normalisation of --a: percentile:LO,HI | window:C,W | minmax (default {DEFAULT_NORM})")
+    v.add_argument("--b-norm", default=DEFAULT_NORM,
+                   help="intensity normalisation of --b, e.g. window:40,400 for a CT brain window (default "
+                        f"{DEFAULT_NORM})")
 
 
 def add_parser(sub) -> None:
@@ -33,7 +55,8 @@ def add_parser(sub) -> None:
                                                    "official .pth")
     r.add_argument("--a", required=True, help="MRI image or folder")
     r.add_argument("--b", required=True, help="CT / PET / SPECT image or folder (same file names as --a)")
-    r.add_argument("-o", "--output", required=True, help="output folder")
+    r.add_argument("-o", "--output", required=True,
+                   help="output folder (volumes: out.nii.gz, or a folder for --format dicom)")
     r.add_argument("--a-is", default="mri", help="modality of --a: mri (default) or ct/pet/spect (then --b is the MRI)")
     r.add_argument("--resize", action="store_true", help="resize --b to --a's size when they differ (else an error)")
     r.add_argument("--overwrite", action="store_true", help="replace existing output images")
@@ -43,6 +66,7 @@ def add_parser(sub) -> None:
     r.add_argument("--allow-unmatched", action="store_true",
                    help="warn about (and skip) names without a partner instead of failing")
     add_common(r)
+    _volume_args(r)
     r.set_defaults(func=cmd_run)
 
     c = fsub.add_parser("convert-official", help="convert an official checkpoint into a glfuse model folder",
@@ -99,11 +123,51 @@ def add_parser(sub) -> None:
     t.set_defaults(func=cmd_train)
 
 
+def _volume_mode(args: argparse.Namespace) -> bool:
+    """Volume fusion when asked (--volume/--format), for a .nii/.nii.gz output, or when an input is a 3-D NIfTI, an NRRD
+    or a DICOM-series folder."""
+    from glfuse.data.volume_io import is_dicom_series, is_volume_file
+
+    if args.volume or args.format or str(args.output).lower().endswith((".nii", ".nii.gz")):
+        return True
+    for p in map(Path, (args.a, args.b)):
+        if p.is_dir() and is_dicom_series(p):
+            return True
+        if p.is_file() and is_volume_file(p):
+            if p.name.lower().endswith((".nrrd", ".nhdr")):
+                return True
+            import nibabel as nib
+
+            try:
+                shape = nib.load(str(p)).shape
+            except Exception:  # noqa: BLE001 - the 2-D reader reports unreadable files
+                return False
+            if sum(n > 1 for n in shape) >= 3:
+                return True
+    return False
+
+
+def _run_volume(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from glfuse.fusion.volume import fuse_volumes, record_path
+
+    rec = fuse_volumes(args.model, args.a, args.b, args.output, a_is=args.a_is, weights=args.weights, fmt=args.format,
+                       axis=args.axis, batch_size=args.batch_size, resample=args.resample, a_norm=args.a_norm,
+                       b_norm=args.b_norm, overwrite=args.overwrite, progress=progress(args), device=args.device)
+    Console(stderr=True).print(f"fused volume {tuple(rec['mri']['shape'])} ({rec['format']}"
+                               f"{', resampled' if rec['resampled'] else ''}) into {args.output}; record "
+                               f"{record_path(args.output)}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from glfuse.fusion.api import fuse_folder
 
+    if _volume_mode(args):
+        return _run_volume(args)
     recs = fuse_folder(args.model, args.a, args.b, args.output, a_is=args.a_is, weights=args.weights,
                        resize=args.resize, overwrite=args.overwrite, minmax=args.minmax, ext=args.ext,
                        allow_unmatched=args.allow_unmatched, device=args.device, progress=progress(args))

@@ -9,13 +9,17 @@ Example (LGG stand-in data)::
     glfuse stage train -o runs/vdpf --resume                      # continue it (--resume auto: start or continue)
     glfuse stage evaluate runs/vdpf -o runs/vdpf/test               # cache/split: the run's own config
     glfuse stage predict runs/vdpf --volume case/flair.nii.gz --mask case/mask.nii.gz -o case_pred.csv
+    glfuse stage predict runs/vdpf --images ../shared/data/lgg-mri --image-name '*flair*' -o runs/vdpf/pred
+    glfuse stage prepare --images BRATS --predict-only --image-name FLAIR --mask-name GT_W -o cache/new  # no labels
     glfuse stage ablate -c vdpf_lgg data.cache=... data.split=... --variants vdpf vdpf_cat resnet50 -o runs/ablate
     glfuse stage cam runs/vdpf --cache cache/lgg --case TCGA_CS_4942 -o runs/vdpf/cam
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections import Counter
 
 from glfuse.cli.common import EPILOG, add_common, add_train_args, done_message, progress, train_overrides
 
@@ -47,7 +51,9 @@ def _prepare(args) -> int:
                       boxes_csv=args.boxes, image_name=args.image_name, mask_name=args.mask_name, axis=args.axis,
                       size=args.size, dtype=args.dtype, all_slices=args.all_slices,
                       classes=args.classes.split(",") if args.classes else None,
-                      cases=args.cases.split(",") if args.cases else None, overwrite=args.overwrite,
+                      cases=args.cases.split(",") if args.cases else None,
+                      orientation=None if args.orientation.lower() == "none" else args.orientation.upper(),
+                      resample_mask=args.resample_mask, predict_only=args.predict_only, overwrite=args.overwrite,
                       progress=not args.quiet, console=con)
     for w in caught:
         if issubclass(w.category, StagingDataWarning):
@@ -99,9 +105,29 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _predict_folder(args) -> int:
+    from glfuse.staging.api import predict_folder
+
+    if args.volume or args.mask or args.case_id:
+        raise ValueError("--images (a folder of cases or a cache) stages every case; do not combine it with --volume, "
+                         "--mask or --case-id")
+    if not args.output:
+        raise ValueError("--images needs -o/--output: the folder for case_predictions.csv and slice_predictions.csv")
+    recs = predict_folder(args.model, args.images, args.output, image_name=args.image_name, mask_name=args.mask_name,
+                          boxes_csv=args.boxes, batch_size=args.batch_size, device=args.device,
+                          overwrite=args.overwrite, progress=not args.quiet)
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(Counter(r["pred"] for r in recs).items()))
+    print(f"{len(recs)} case(s) staged ({counts}) -> {args.output}/case_predictions.csv, slice_predictions.csv")
+    return 0
+
+
 def _predict(args) -> int:
     from glfuse.staging.api import predict
 
+    if args.images:
+        return _predict_folder(args)
+    if args.volume is None:
+        raise ValueError("give --volume (one case, with --mask or --boxes) or --images (a folder of cases)")
     if (args.mask is None) == (args.boxes is None):
         raise ValueError("give exactly one of --mask (mask volume) or --boxes (boxes CSV)")
     r = predict(args.model, args.volume, args.mask or args.boxes, args.output, case_id=args.case_id,
@@ -134,24 +160,46 @@ def _cam(args) -> int:
 
 
 
+def _geometry_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--orientation", default="RAS",
+                   help="reorient volumes before slicing (default RAS; 'none' keeps the stored axes)")
+    q.add_argument("--resample-mask", action="store_true",
+                   help="resample a mask whose voxel grid differs from its image's (nearest) instead of failing")
+    q.add_argument("--predict-only", action="store_true",
+                   help="no labels: cache every case for prediction (cannot be split or trained on)")
+
+
+def _name_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-name", default=None,
+                   help="image name in each case folder: exact, without suffix or a glob, e.g. FLAIR, '*flair*' "
+                        "(default: the only non-mask volume)")
+    p.add_argument("--mask-name", default="mask",
+                   help="mask name: exact, without suffix or a glob, e.g. GT_W or GT_W.nii.gz (default mask)")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("stage", help="VDPF lesion staging (prepare, split, train, evaluate, predict, ablate, cam)",
                        description="VDPF lesion staging on 3-D volumes with lesion boxes; case-level predictions.")
     ss = p.add_subparsers(dest="stage_command", metavar="STEP", required=True)
+    for add in (_add_prepare, _add_split, _add_train, _add_evaluate, _add_predict, _add_ablate, _add_cam):
+        add(ss)
 
+
+def _add_prepare(ss) -> None:
     q = ss.add_parser("prepare", help="volumes + masks/boxes + labels -> slice cache",
                       description="Preprocess every case folder under --images into a slice cache (lesion slices, "
                                   "224² image + box mask). A case without label is reported and left out; other bad "
                                   "input stops with an error naming the case and file.")
     q.add_argument("--images", required=True, help="folder of case folders (<case_id>/<image> + <mask>)")
-    q.add_argument("--labels", required=True, help="CSV with case ids and labels")
-    q.add_argument("--label-column", required=True, help="column of --labels holding the class")
+    q.add_argument("--labels", default=None, help="CSV with case ids and labels (required unless --predict-only)")
+    q.add_argument("--label-column", default=None, help="column of --labels holding the class")
     q.add_argument("--id-column", default="case_id", help="case id column of --labels (default case_id)")
     q.add_argument("--boxes", default=None, help="CSV case_id,slice,x_min,y_min,x_max,y_max instead of mask volumes")
-    q.add_argument("--image-name", default=None, help="image file/folder name in each case folder (default: the only "
-                                                      "non-mask volume)")
-    q.add_argument("--mask-name", default="mask", help="mask volume name without suffix (default mask)")
-    q.add_argument("--axis", type=int, default=-1, help="array axis to slice along (default -1, the last)")
+    _name_args(q)
+    q.add_argument("--axis", type=int, default=-1,
+                   help="axis to slice along after reorientation (RAS: 0 sagittal, 1 coronal, 2 axial; default -1, "
+                        "the last)")
+    _geometry_args(q)
     q.add_argument("--size", type=int, default=224, help="slice size after resizing (default 224)")
     q.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="cached image dtype")
     q.add_argument("--all-slices", action="store_true", help="also cache slices without lesion")
@@ -162,6 +210,8 @@ def add_parser(sub) -> None:
     add_common(q, device=False)
     q.set_defaults(func=_prepare)
 
+
+def _add_split(ss) -> None:
     q = ss.add_parser("split", help="seeded stratified case-level split (or k-fold) of a cache",
                       description="Write a split JSON over the cache's cases (never slices), stratified by label.")
     q.add_argument("cache", help="cache folder")
@@ -174,12 +224,16 @@ def add_parser(sub) -> None:
     add_common(q, device=False, threads=False)
     q.set_defaults(func=_split)
 
+
+def _add_train(ss) -> None:
     q = ss.add_parser("train", help="train a staging model (VDPF or a crop baseline)", epilog=EPILOG,
                       description="Train on the split's train cases, keep the best checkpoint by the case-level "
                                   "validation metric, then evaluate it on the test cases (RUN/eval).")
     add_train_args(q, example="vdpf_lgg")
     q.set_defaults(func=_train)
 
+
+def _add_evaluate(ss) -> None:
     q = ss.add_parser("evaluate", help="case- and slice-level reports of a trained model",
                       description="Evaluate RUN (its best/) or a model folder on a part of a split.")
     q.add_argument("model", help="run folder or model folder")
@@ -194,19 +248,27 @@ def add_parser(sub) -> None:
     add_common(q)
     q.set_defaults(func=_evaluate)
 
-    q = ss.add_parser("predict", help="stage one case from its volume and mask (or boxes CSV)",
-                      description="Case class probabilities (mean slice softmax over lesion slices) + per-slice CSV.")
+
+def _add_predict(ss) -> None:
+    q = ss.add_parser("predict", help="stage one case (--volume) or a folder of cases (--images)",
+                      description="Case class probabilities (mean slice softmax over lesion slices) + per-slice CSV. "
+                                  "--images stages every case folder (or a prepared cache) into "
+                                  "OUT/case_predictions.csv and OUT/slice_predictions.csv; no labels needed.")
     q.add_argument("model", help="run folder or model folder")
-    q.add_argument("--volume", required=True, help="image volume (NIfTI/NRRD file or DICOM folder)")
+    q.add_argument("--volume", default=None, help="image volume (NIfTI/NRRD file or DICOM folder)")
+    q.add_argument("--images", default=None, help="folder of case folders (as for prepare) or a cache folder")
+    _name_args(q)
     q.add_argument("--mask", default=None, help="lesion mask volume")
     q.add_argument("--boxes", default=None, help="boxes CSV (case_id,slice,x_min,y_min,x_max,y_max)")
     q.add_argument("--case-id", default=None, help="case id (needed when --boxes holds several cases)")
-    q.add_argument("-o", "--output", default=None, help="output CSV")
+    q.add_argument("-o", "--output", default=None, help="output CSV (--images: output folder)")
     q.add_argument("--batch-size", type=int, default=16)
-    q.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
+    q.add_argument("--overwrite", action="store_true", help="replace existing predictions")
     add_common(q)
     q.set_defaults(func=_predict)
 
+
+def _add_ablate(ss) -> None:
     q = ss.add_parser("ablate", help="train + evaluate several variants on one split; paper-style tables",
                       description="Variants: model names, optionally with args, e.g. vdpf vdpf_cat vdpf_ca vdpf_sc "
                                   "vdpf_resnet 'vdpf:features=global+local' resnet50. Writes ablation.csv/.md.")
@@ -220,6 +282,8 @@ def add_parser(sub) -> None:
     add_common(q)
     q.set_defaults(func=_ablate)
 
+
+def _add_cam(ss) -> None:
     q = ss.add_parser("cam", help="Grad-CAM heatmaps (global and local branch) of a case's top slice",
                       description="Grad-CAM on the per-branch token maps (14x14 at 224²) of the lesion slice with the "
                                   "highest probability for the case's predicted class.")

@@ -2,11 +2,9 @@
 
 Readers
 -------
-:func:`read_volume` reads a NIfTI file (``.nii`` / ``.nii.gz``, nibabel), an NRRD file (``.nrrd`` / ``.nhdr``, pynrrd) or a
-DICOM series (a folder holding the files of **one** series, pydicom; slices sorted by their position along the slice
-normal computed from ``ImagePositionPatient`` / ``ImageOrientationPatient``, falling back to ``InstanceNumber``;
-``RescaleSlope`` / ``RescaleIntercept`` applied). Arrays are returned as stored: NIfTI / NRRD in file axis order, a DICOM
-series as ``(rows, columns, slices)`` so that, like NIfTI, the slices run along the **last** axis.
+One reader for every format: :func:`glfuse.data.volume_io.load_volume` (NIfTI, NRRD, DICOM series; affine kept,
+reoriented to RAS by default; DICOM slice spacing checked). :func:`read_volume` here is its array-only form, by default
+**as stored**: NIfTI / NRRD in file axis order, a DICOM series as ``(rows, columns, slices)``.
 
 Slices and boxes
 ----------------
@@ -33,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from glfuse.data.volume_io import VOLUME_SUFFIXES, load_volume
+
 __all__ = [
     "VOLUME_SUFFIXES",
     "boxes_from_mask",
@@ -52,7 +52,6 @@ __all__ = [
     "volume_stem",
 ]
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr")
 _MISSING = {"", "na", "n/a", "nan", "none", "null", "?", "-"}
 
 
@@ -73,86 +72,28 @@ def volume_stem(path: str | Path) -> str:
     return name
 
 
-def read_volume(path: str | Path) -> np.ndarray:
-    """Read a NIfTI / NRRD file or a DICOM-series folder into a numpy array (see module docstring for axis order)."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: volume not found")
-    if p.is_dir():
-        return read_dicom_series(p)
-    low = p.name.lower()
-    if low.endswith((".nii", ".nii.gz")):
-        return read_nifti(p)
-    if low.endswith((".nrrd", ".nhdr")):
-        return read_nrrd(p)
-    raise ValueError(f"{p}: unsupported volume format (expected .nii, .nii.gz, .nrrd, .nhdr or a DICOM folder)")
+def read_volume(path: str | Path, orientation: str | None = None) -> np.ndarray:
+    """Voxel array of a NIfTI / NRRD file or a DICOM-series folder (:func:`glfuse.data.volume_io.load_volume`).
+
+    ``orientation=None`` (default here) keeps the stored axis order; ``"RAS"`` reorients. Use ``load_volume`` to keep
+    the affine."""
+    return load_volume(path, orientation=orientation).array
 
 
 def read_nifti(path: str | Path) -> np.ndarray:
-    """NIfTI via nibabel (voxel array as stored, scaling applied only when the header asks for it)."""
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        arr = np.asanyarray(img.dataobj)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read NIfTI ({e})") from e
-    return np.asarray(arr)
+    """NIfTI voxel array as stored (see :func:`read_volume`)."""
+    return read_volume(path)
 
 
 def read_nrrd(path: str | Path) -> np.ndarray:
-    """NRRD via pynrrd (array in the file's axis order)."""
-    import nrrd
-
-    try:
-        arr, _ = nrrd.read(str(path))
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read NRRD ({e})") from e
-    return np.asarray(arr)
+    """NRRD voxel array as stored (see :func:`read_volume`)."""
+    return read_volume(path)
 
 
 def read_dicom_series(folder: str | Path) -> np.ndarray:
-    """A folder with the files of one DICOM series -> ``(rows, columns, slices)`` float32 (rescale applied)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    folder = Path(folder)
-    dss = []
-    for f in sorted(folder.iterdir()):
-        if not f.is_file() or f.name.startswith("."):
-            continue
-        try:
-            ds = pydicom.dcmread(str(f))
-        except (InvalidDicomError, OSError):
-            continue
-        if "PixelData" in ds:
-            dss.append((f, ds))
-    if not dss:
-        raise ValueError(f"{folder}: no DICOM image files found")
-    series = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in dss}
-    if len(series) > 1:
-        raise ValueError(f"{folder}: holds {len(series)} DICOM series; put one series per folder")
-
-    def key(item):
-        _, ds = item
-        pos = getattr(ds, "ImagePositionPatient", None)
-        ori = getattr(ds, "ImageOrientationPatient", None)
-        if pos is not None and ori is not None and len(ori) == 6:
-            normal = np.cross(np.asarray(ori[:3], float), np.asarray(ori[3:], float))
-            return (0, float(np.dot(normal, np.asarray(pos, float))), 0)
-        return (1, 0.0, int(getattr(ds, "InstanceNumber", 0) or 0))
-
-    dss.sort(key=key)
-    shapes = {ds.pixel_array.shape for _, ds in dss}
-    if len(shapes) != 1:
-        raise ValueError(f"{folder}: DICOM slices differ in size {sorted(shapes)}")
-    out = []
-    for _, ds in dss:
-        a = ds.pixel_array.astype(np.float32)
-        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-        inter = float(getattr(ds, "RescaleIntercept", 0) or 0)
-        out.append(a * slope + inter)
-    return np.stack(out, axis=-1)
+    """A folder with the files of one DICOM series -> ``(rows, columns, slices)`` float32 (rescale applied, slice
+    spacing checked)."""
+    return read_volume(folder)
 
 
 # ----------------------------------------------------------------------------------------------------------------- boxes

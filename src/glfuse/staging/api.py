@@ -363,11 +363,29 @@ def _write_rows(path: Path, header: list[str], rows: list[list[Any]]) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------------- predict
+def _model_inputs(mcfg: dict[str, Any], image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preprocessed [S,H,W] slices and box masks -> the model's [S,1,size,size] inputs (crop or resize)."""
+    img = torch.from_numpy(np.asarray(image, dtype=np.float32))[:, None]
+    m = torch.from_numpy(np.asarray(mask)).float()[:, None]
+    size = int(mcfg["img_size"])
+    if mcfg["input"] == "crop":
+        pairs = [lesion_crop(i, k, size) for i, k in zip(img, m)]
+    else:
+        pairs = [resize_pair(i, k, size) for i, k in zip(img, m)]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def _preprocess_for(mcfg: dict[str, Any], case: CaseInput) -> dict[str, Any]:
+    pre = mcfg["preprocessing"]
+    # caches made before the orientation option sliced the volume as stored
+    return preprocess_case(case, axis=int(pre["axis"]), size=int(pre["size"]), orientation=pre.get("orientation"),
+                           resample_mask=bool(pre.get("resample_mask", False)))
+
+
 def _case_tensors(mcfg: dict[str, Any], volume: str | Path, mask_or_boxes: str | Path,
                   case_id: str | None) -> tuple[str, torch.Tensor, torch.Tensor, np.ndarray]:
     from glfuse.data.volumes import read_boxes_csv
 
-    pre = mcfg["preprocessing"]
     mb = Path(mask_or_boxes)
     vp = Path(volume)
     cid = case_id or (vp.name if vp.is_dir() else vp.parent.name)  # <case_id>/<image> layout, as prepare
@@ -383,15 +401,19 @@ def _case_tensors(mcfg: dict[str, Any], volume: str | Path, mask_or_boxes: str |
         case.boxes, case.boxes_source = boxes[cid], str(mb)
     else:
         case.mask = mb
-    r = preprocess_case(case, axis=int(pre["axis"]), size=int(pre["size"]))
-    img = torch.from_numpy(r["image"]).float()[:, None]
-    m = torch.from_numpy(r["mask"]).float()[:, None]
-    size = int(mcfg["img_size"])
-    if mcfg["input"] == "crop":
-        pairs = [lesion_crop(i, k, size) for i, k in zip(img, m)]
-    else:
-        pairs = [resize_pair(i, k, size) for i, k in zip(img, m)]
-    return cid, torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), r["slice_index"]
+    r = _preprocess_for(mcfg, case)
+    img, m = _model_inputs(mcfg, r["image"], r["mask"])
+    return cid, img, m, r["slice_index"]
+
+
+def _slice_probs(model: nn.Module, task: StagingTask, img: torch.Tensor, m: torch.Tensor,
+                 batch_size: int) -> torch.Tensor:
+    dev = next(model.parameters()).device
+    return torch.cat([task.predict_step(model, {"image": img[i:i + batch_size].to(dev),
+                                                "mask": m[i:i + batch_size].to(dev),
+                                                "label": torch.zeros(len(img[i:i + batch_size]), dtype=torch.long),
+                                                "case": torch.zeros(1), "slice": torch.zeros(1)})["prob"].cpu()
+                      for i in range(0, len(img), batch_size)])
 
 
 @torch.no_grad()
@@ -409,12 +431,7 @@ def predict(model_dir: str | Path, volume: str | Path, mask_or_boxes: str | Path
     names = list(mcfg.get("class_names") or mcfg["classes"])
     cid, img, m, slices = _case_tensors(mcfg, volume, mask_or_boxes, case_id)
     task = StagingTask(len(names), mcfg["input"] == "dual", names)
-    dev = next(model.parameters()).device
-    probs = torch.cat([task.predict_step(model, {"image": img[i:i + batch_size].to(dev),
-                                                 "mask": m[i:i + batch_size].to(dev),
-                                                 "label": torch.zeros(len(img[i:i + batch_size]), dtype=torch.long),
-                                                 "case": torch.zeros(1), "slice": torch.zeros(1)})["prob"].cpu()
-                       for i in range(0, len(img), batch_size)])
+    probs = _slice_probs(model, task, img, m, batch_size)
     case_p = probs.mean(0)
     res = {"case_id": cid, "pred": names[int(case_p.argmax())], "probs": dict(zip(names, map(float, case_p))),
            "slices": [{"slice": int(s), "pred": names[int(p.argmax())], "probs": dict(zip(names, map(float, p)))}
@@ -426,6 +443,68 @@ def predict(model_dir: str | Path, volume: str | Path, mask_or_boxes: str | Path
                  for s, p in zip(slices, probs)]
         _write_rows(Path(out_csv), hdr, rows)
     return res
+
+
+def _folder_cases(mcfg: dict[str, Any], source: Path, image_name: str | None, mask_name: str,
+                  boxes_csv: str | Path | None):
+    """Yield ``(case_id, image tensors, mask tensors, slice indices)`` for every case of a case folder or a cache."""
+    from glfuse.staging.prepare import CASES_JSON, discover_cases
+
+    if (source / CASES_JSON).is_file():
+        cache = SliceCache(source)
+        pre, want = cache.index["preprocessing"], mcfg["preprocessing"]
+        for k in ("axis", "orientation"):
+            if pre.get(k) != want.get(k):
+                raise ValueError(f"{source / CASES_JSON}: cache {k} {pre.get(k)!r} differs from the model's "
+                                 f"{want.get(k)!r} (re-run `glfuse stage prepare` with the model's settings)")
+        for cid in cache.case_ids:
+            rows = cache.rows(cid)
+            img, m = _model_inputs(mcfg, cache.arrays["image"][rows], cache.arrays["mask"][rows])
+            yield cid, img, m, cache.arrays["slice_index"][rows]
+        return
+    for case in discover_cases(source, image_name=image_name, mask_name=mask_name, boxes_csv=boxes_csv):
+        r = _preprocess_for(mcfg, case)
+        img, m = _model_inputs(mcfg, r["image"], r["mask"])
+        yield case.case_id, img, m, r["slice_index"]
+
+
+@torch.no_grad()
+def predict_folder(model_dir: str | Path, images: str | Path, out_dir: str | Path, *, image_name: str | None = None,
+                   mask_name: str = "mask", boxes_csv: str | Path | None = None, batch_size: int = 16,
+                   device: str = "auto", overwrite: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+    """Stage every case of a folder of case folders (the ``prepare`` layout and name patterns; no labels needed) or of
+    a prepared cache (e.g. ``prepare --predict-only``).
+
+    Writes ``out_dir/case_predictions.csv`` (``case_id, pred, prob_<class>..., n_slices``) and
+    ``out_dir/slice_predictions.csv`` (``case_id, slice, pred, prob_<class>...``); returns one record per case.
+    """
+    from glfuse.engine import progress_bar
+
+    out = Path(out_dir)
+    targets = [out / "case_predictions.csv", out / "slice_predictions.csv"]
+    if any(t.exists() for t in targets) and not overwrite:
+        raise FileExistsError(f"{out}: predictions exist already; pass --overwrite to replace them")
+    model, mcfg, _ = _load(model_dir, device)
+    names = list(mcfg.get("class_names") or mcfg["classes"])
+    task = StagingTask(len(names), mcfg["input"] == "dual", names)
+    case_rows, slice_rows, recs = [], [], []
+    src = Path(images)
+    with progress_bar(progress) as bar:
+        job = bar.add_task("predict", total=None, info="")
+        for cid, img, m, slices in _folder_cases(mcfg, src, image_name, mask_name, boxes_csv):
+            probs = _slice_probs(model, task, img, m, batch_size)
+            cp = probs.mean(0)
+            pred = names[int(cp.argmax())]
+            case_rows.append([cid, pred, *[f"{float(x):.6f}" for x in cp], len(slices)])
+            slice_rows += [[cid, int(s), names[int(p.argmax())], *[f"{float(x):.6f}" for x in p]]
+                           for s, p in zip(slices, probs)]
+            recs.append({"case_id": cid, "pred": pred, "probs": dict(zip(names, map(float, cp))),
+                         "n_slices": len(slices)})
+            bar.update(job, advance=1, info=cid)
+    probs_hdr = [f"prob_{n}" for n in names]
+    _write_rows(targets[0], ["case_id", "pred", *probs_hdr, "n_slices"], case_rows)
+    _write_rows(targets[1], ["case_id", "slice", "pred", *probs_hdr], slice_rows)
+    return recs
 
 
 # --------------------------------------------------------------------------------------------------------------- ablate
