@@ -72,7 +72,10 @@ def record_path(output: str | Path) -> Path:
 
 
 def _fuse_batch(fuser: Fuser, mri: np.ndarray, oth: np.ndarray) -> np.ndarray:
-    """[B, H, W] MRI and other-modality slices in [0, 1] -> fused [B, H, W] (network batched; classical per slice)."""
+    """[B, H, W] MRI and other-modality slices in [0, 1] -> fused [B, H, W] (network batched; classical per slice).
+    The network takes first (vis) the modality it was trained with there (``Fuser.vis_is_mri``)."""
+    if not fuser.vis_is_mri:
+        mri, oth = oth, mri
     vis = np.stack([_grey_y(m) for m in mri])
     if fuser.module is None:
         return np.stack([fuser.fuse_y(v, o) for v, o in zip(vis, oth)]).astype(np.float32)
