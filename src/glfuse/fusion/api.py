@@ -109,7 +109,7 @@ def _classical_fn(method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]
     raise RuntimeError("glfuse.fusion.classical provides neither CLASSICAL[method] nor fuse(a, b, method=)")
 
 
-def load_fusion_model(model: Any, *, weights: str | Path | None = None, device: str | torch.device = "cpu") -> Fuser:
+def load_fusion_model(model: Any, *, weights: str | Path | None = None, device: str | torch.device | None = None) -> Fuser:
     """Resolve ``model`` (see module docstring) into a :class:`Fuser`.
 
     Examples: ``load_fusion_model("runs/mact/best")``, ``load_fusion_model("mactfusion", weights="fusion_model_CTMRI.pth")``,
