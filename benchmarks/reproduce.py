@@ -340,12 +340,14 @@ class Runner:
                 return "failed", f"{type(e).__name__}: {e}"
         jobs = self.out / "jobs"
         jobs.mkdir(parents=True, exist_ok=True)
+        name = name.replace("/", "_")
         spec_p, res_p, log_p = jobs / f"{name}.json", jobs / f"{name}.result.json", jobs / f"{name}.log"
         res_p.unlink(missing_ok=True)
         save_json(spec, spec_p)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
         with open(log_p, "a") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {kind} timeout={timeout}\n")
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {kind} timeout={timeout} "
+                      f"resume={spec.get('resume')} overwrite={spec.get('overwrite')}\n")
             log.flush()
             p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", kind, str(spec_p),
                                   str(res_p)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -556,7 +558,7 @@ def stage_throughput(r: Runner, budget_s: float) -> dict[str, Any]:
                  ("vdpf", {"num_classes": 2, "img_size": 32, "embed_dim": 32, "depth": 1, "num_heads": 2,
                            "cross_mlp_hidden": 32, "fffn_hidden": 4}, 2, 32),
                  ("mactfusion", {}, 1, 16)]
-        warmup, iters, device = 1, 1, "cpu"
+        warmup, iters, device = 0, 1, "cpu"
     else:
         cases = [("hifuse_tiny", {"num_classes": 2}, 32, 224), ("vdpf", {"num_classes": 2}, 24, 224),
                  ("mactfusion", {}, 4, 256)]

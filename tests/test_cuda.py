@@ -109,6 +109,23 @@ def test_mactfusion_amp_fit(tmp_path):
     assert np.isfinite(summary["last"]["train_loss"]) and np.isfinite(summary["last"]["val_EN"])
 
 
+def test_mactfusion_bf16_autocast_inference():
+    """Inference under bf16 autocast (the throughput benchmark's bf16 forward). MACTFusion runs its two branches in two
+    threads without autograd; autocast is thread-local, so the worker thread must get the caller's autocast state."""
+    import glfuse
+
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("GPU without bf16")
+    m = glfuse.create_model("mactfusion").cuda().eval()
+    x = torch.rand(2, 1, 64, 64, device="cuda")
+    with torch.no_grad():
+        ref = m(x, x)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = m(x, x)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.1)  # bf16: ~3 significant digits
+
+
 # ------------------------------------------------------------------------------------------------- channels-last
 def test_fit_converts_channels_last_models(tmp_path):
     """A model with ``channels_last = True`` is put in channels-last memory on CUDA by engine.fit and still learns."""
