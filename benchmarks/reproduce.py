@@ -393,6 +393,8 @@ def train_and_eval(r: Runner, key: str, train_job: tuple[str, dict], eval_job: t
     reserve = 0 if r.args.smoke else r.args.eval_reserve
     if not rec.get("trained"):
         resume = (run_dir / "last" / "training_state.pt").exists() and key not in r.args.redo
+        if not resume and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # stopped before it wrote anything: not a run the APIs would agree to overwrite
         if budget_s - reserve < (0 if r.args.smoke else 30):
             rec.setdefault("reason", "no budget left in this window; rerun to start it")
             return rec
@@ -528,9 +530,9 @@ def stage_mactfusion(r: Runner, budget_s: float) -> dict[str, Any]:
     ov = [f"data.root={r.shared / 'data' / 'havard-fusion' / 'CT-MRI'}", "train.progress=false",
           f"train.device={_device(r)}", "train.epochs=2"]
     if r.args.smoke:
-        iters = 2
+        iters = 1
         ov += ["data.crop=16", "data.val_crop=64", "data.val_fraction=0.02", "train.batch_size=1",
-               "data.samples_per_epoch=2", "metrics=[EN, SD, SF, Qabf]", "model.grad_checkpointing=false"]
+               "data.samples_per_epoch=1", "metrics=[EN, SD, SF, Qabf]", "model.grad_checkpointing=false"]
     else:
         started = (run_dir / "config.yaml").exists() and "mactfusion/scratch" not in r.args.redo
         iters = (started and rec.get("iters_per_epoch")) or int(max(1, min(
@@ -733,13 +735,16 @@ def main(argv: list[str] | None = None) -> int:
         if shared is None and name != "throughput":
             r.state["stages"][name] = {"status": "skipped", "reason": "shared data folder not found (--shared)"}
             continue
+        prev = r.state["stages"].get(name, {})
+        if name == "throughput" and prev.get("status") == "done" and not prev.get("smoke_cpu") \
+                and "throughput" not in args.redo:
+            continue  # measured in an earlier window: leave the time to training (--redo throughput measures again)
         rest = sum(SHARE[s] for s in stages[i:])
         budget = max(0.0, r.left()) * SHARE[name] / rest
         print(f"[reproduce] stage {name}: {budget / 60:.1f} min of {max(0.0, r.left()) / 60:.1f} left", flush=True)
         t = time.monotonic()
         res = STAGE_FN[name](r, budget)
         res["wall_s"] = round(time.monotonic() - t, 1)
-        prev = r.state["stages"].get(name, {})
         if name == "throughput" and prev.get("status") == "done" and res.get("status") != "done":
             res = prev  # keep an earlier window's GPU figures
         r.state["stages"][name] = res
