@@ -334,10 +334,15 @@ class Runner:
         """``("done", result)``, ``("timeout", None)`` or ``("failed", message)``."""
         spec = {**spec, "threads": self.args.threads}
         if not self.isolate:
+            import torch
+
+            threads = torch.get_num_threads()
             try:
                 return "done", JOBS[kind](spec)
             except Exception as e:  # noqa: BLE001 - recorded in the state and the summary
                 return "failed", f"{type(e).__name__}: {e}"
+            finally:
+                torch.set_num_threads(threads)
         jobs = self.out / "jobs"
         jobs.mkdir(parents=True, exist_ok=True)
         name = name.replace("/", "_")
@@ -695,7 +700,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "../shared)")
     p.add_argument("--device", default="auto", help="train/eval device: auto | cpu | cuda | cuda:N")
     p.add_argument("--workers", type=int, default=None, help="data-loader workers (default min(8, CPUs); smoke 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads in the jobs")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads in the jobs (default: torch's; smoke 1)")
     p.add_argument("--isolate", choices=("auto", "yes", "no"), default="auto",
                    help="run each job in its own process, stopped at its budget (auto: yes unless --smoke)")
     p.add_argument("--eval-reserve", type=float, default=45.0, help="seconds kept for evaluating after each training run")
@@ -705,6 +710,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.redo = [x for x in a.redo.split(",") if x]
     if a.smoke and a.device == "auto":
         a.device = "cpu"
+    if a.smoke and a.threads is None:
+        a.threads = 1  # tiny tensors: one thread is fastest, and on a busy machine OpenMP's spin-waits cost ~40x
     return a
 
 
