@@ -390,6 +390,7 @@ def train_and_eval(r: Runner, key: str, train_job: tuple[str, dict], eval_job: t
                    epochs_total: int) -> dict[str, Any]:
     """One training run (fresh, or resumed from ``last/``) stopped at ``budget_s``, then its ``best/`` evaluated."""
     rec = r.state["runs"].setdefault(key, {"status": "pending"})
+    rec["epochs_total"] = epochs_total
     run_dir = Path(train_job[1]["run_dir"])
     if rec["status"] == "done" and key not in r.args.redo:
         return rec
