@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _engine_helpers import Blobs, TinyNet, TinyTask  # noqa: E402
@@ -40,6 +40,7 @@ def _cfg(**kw):
 
 
 # ------------------------------------------------------------------------------------------------------------- AMP
+@needs_cuda
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_amp_fit_steps(tmp_path, monkeypatch, dtype):
     """engine.fit with amp on CUDA: bf16 autocast (no scaler), or fp16 autocast with a GradScaler whose state is
@@ -74,6 +75,7 @@ def test_amp_fit_steps(tmp_path, monkeypatch, dtype):
             resume=True)  # the scaler state loads back
 
 
+@needs_cuda
 def test_hifuse_bf16_autocast_train_step():
     """HiFuse (tiny widths) forward+backward under bf16 autocast on CUDA: finite loss and gradients."""
     import glfuse
@@ -88,6 +90,7 @@ def test_hifuse_bf16_autocast_train_step():
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
 
 
+@needs_cuda
 def test_mactfusion_amp_fit(tmp_path):
     """The MACTFusion preset trains with amp: true; two engine steps with the official loss on CUDA stay finite."""
     import glfuse
@@ -109,6 +112,7 @@ def test_mactfusion_amp_fit(tmp_path):
     assert np.isfinite(summary["last"]["train_loss"]) and np.isfinite(summary["last"]["val_EN"])
 
 
+@needs_cuda
 def test_mactfusion_bf16_autocast_inference():
     """Inference under bf16 autocast (the throughput benchmark's bf16 forward). MACTFusion runs its two branches in two
     threads without autograd; autocast is thread-local, so the worker thread must get the caller's autocast state."""
@@ -127,6 +131,7 @@ def test_mactfusion_bf16_autocast_inference():
 
 
 # ------------------------------------------------------------------------------------------------- channels-last
+@needs_cuda
 def test_fit_converts_channels_last_models(tmp_path):
     """A model with ``channels_last = True`` is put in channels-last memory on CUDA by engine.fit and still learns."""
     from glfuse.engine import fit
@@ -147,6 +152,7 @@ def test_fit_converts_channels_last_models(tmp_path):
     assert model.mix.weight.is_cuda and model.mix.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+@needs_cuda
 def test_hifuse_channels_last_cuda_matches_cpu():
     """HiFuse's channels-last paths on CUDA give the CPU's float32 result."""
     import glfuse
@@ -162,6 +168,7 @@ def test_hifuse_channels_last_cuda_matches_cpu():
 
 
 # ------------------------------------------------------------------------------------------------- pinned memory
+@needs_cuda
 @pytest.mark.parametrize("where", ["fit", "evaluate"])
 def test_loader_batches_are_pinned(tmp_path, monkeypatch, where):
     """On CUDA the engine's loaders pin host memory (fast, asynchronous host→device copies)."""
@@ -185,6 +192,7 @@ def test_loader_batches_are_pinned(tmp_path, monkeypatch, where):
 
 
 # --------------------------------------------------------------------------------------------------------- fusion
+@needs_cuda
 def test_fuse_images_keeps_a_cuda_model_on_cuda():
     """fuse_images runs a caller's CUDA model where it is (it must not move the model to the CPU) and gives the CPU
     model's result."""
@@ -215,6 +223,16 @@ def _fft_conv2d():
     pytest.fail("fft_conv2d not found in glfuse.models.mactfusion or glfuse.layers")
 
 
+def test_load_fusion_model_leaves_a_module_where_it_is():
+    """CPU check of the same rule: a module on another device (here "meta") is used where it is, not copied to CPU."""
+    from glfuse.fusion.api import load_fusion_model
+
+    m = torch.nn.Conv2d(1, 1, 3).to("meta")
+    fuser = load_fusion_model(m)
+    assert fuser.module is m and m.weight.device.type == "meta"
+
+
+@needs_cuda
 def test_fft_conv_equals_direct_conv_on_cuda():
     """MACTFusion's 31×31 grouped convolution by FFT equals the direct convolution on CUDA in float64."""
     fft_conv2d = _fft_conv2d()
@@ -227,6 +245,7 @@ def test_fft_conv_equals_direct_conv_on_cuda():
     torch.testing.assert_close(out.to(ref.dtype), ref, atol=1e-9, rtol=1e-9)
 
 
+@needs_cuda
 def test_mactfusion_dfe_fft_path_on_cuda():
     """The DFE block's FFT path equals its direct path on CUDA (float64 weights and input)."""
     from glfuse.models.mactfusion import DFE
@@ -267,6 +286,7 @@ _DDP_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="DDP over nccl needs two GPUs")
+@needs_cuda
 def test_ddp_nccl_two_gpus(tmp_path):
     """torchrun --nproc_per_node=2 on two GPUs: nccl, one device per rank, identical weights, each sample once."""
     script = tmp_path / "ddp_cuda.py"
