@@ -36,15 +36,19 @@ EOF
 cat "$OUT/env.txt"
 
 echo "== CUDA tests"
-timeout 240 "$PY" -m pytest -q -rs tests/test_cuda.py -p no:cacheprovider --junitxml "$OUT/test_cuda.xml" \
+timeout 200 "$PY" -m pytest -q -rs tests/test_cuda.py -p no:cacheprovider --junitxml "$OUT/test_cuda.xml" \
   > "$OUT/test_cuda.txt" 2>&1
 echo "test_cuda exit $?" | tee -a "$OUT/test_cuda.txt"
 tail -n 25 "$OUT/test_cuda.txt"
 
 echo "== reproduction window (${BUDGET_MIN} min)"
-timeout $((BUDGET_MIN * 60 + 150)) "$PY" benchmarks/reproduce.py --budget-min "$BUDGET_MIN" --out "$REPRO_DIR" \
+timeout $((BUDGET_MIN * 60 + 90)) "$PY" benchmarks/reproduce.py --budget-min "$BUDGET_MIN" --out "$REPRO_DIR" \
   > "$OUT/reproduce.txt" 2>&1
-echo "reproduce exit $?" | tee -a "$OUT/reproduce.txt"
+rc=$?
+echo "reproduce exit $rc" | tee -a "$OUT/reproduce.txt"
+if [ "$rc" -ne 0 ]; then  # stopped from outside: the summary from what state.json recorded so far
+  "$PY" benchmarks/reproduce.py --summary-only --out "$REPRO_DIR" >> "$OUT/reproduce.txt" 2>&1
+fi
 
 # small files only: summaries, state, metrics, reports, logs (no checkpoints)
 (cd "$REPRO_DIR" && find . -type f \( -name '*.md' -o -name '*.json' -o -name '*.csv' -o -name '*.log' -o -name '*.png' \) \

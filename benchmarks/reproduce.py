@@ -322,6 +322,7 @@ class Runner:
                              "use another --out")
         self.state["smoke"] = args.smoke
         self.isolate = args.isolate == "yes" or (args.isolate == "auto" and not args.smoke)
+        self.current: subprocess.Popen | None = None  # the job process running now (stopped with us on SIGTERM)
         self.workers = args.workers if args.workers is not None else (0 if args.smoke else min(8, os.cpu_count() or 1))
 
     def left(self) -> float:
@@ -356,11 +357,14 @@ class Runner:
             log.flush()
             p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", kind, str(spec_p),
                                   str(res_p)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            self.current = p
             try:
                 rc = p.wait(timeout=None if timeout is None else max(timeout, 1.0))
             except subprocess.TimeoutExpired:
                 _stop(p)
                 return "timeout", None
+            finally:
+                self.current = None
         if rc != 0 or not res_p.exists():
             tail = log_p.read_text().strip().splitlines()[-1:] or ["(no output)"]
             return "failed", f"exit {rc}: {tail[0]} (log: {log_p})"
@@ -421,7 +425,8 @@ def train_and_eval(r: Runner, key: str, train_job: tuple[str, dict], eval_job: t
         rec["status"] = "partial" if not rec.get("trained") else "failed"
         rec.setdefault("reason", "no completed epoch yet")
         return rec
-    status, res = r.run(eval_job[0], key + ".eval", eval_job[1], None if not r.isolate else max(r.left(), 120))
+    grace = 60 if r.state.get("cuda") else 180  # evaluation may overrun the window by this much
+    status, res = r.run(eval_job[0], key + ".eval", eval_job[1], None if not r.isolate else max(r.left(), grace))
     if status != "done":
         rec.update(status="failed", reason=f"evaluation: {res or 'timed out'}")
         return rec
@@ -708,6 +713,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--isolate", choices=("auto", "yes", "no"), default="auto",
                    help="run each job in its own process, stopped at its budget (auto: yes unless --smoke)")
     p.add_argument("--eval-reserve", type=float, default=45.0, help="seconds kept for evaluating after each training run")
+    p.add_argument("--summary-only", action="store_true", help="rewrite summary.md/json from state.json; run nothing")
     p.add_argument("--redo", default="", help="comma list of run keys to restart from scratch (e.g. mactfusion/scratch)")
     a = p.parse_args(argv)
     a.budget_min = a.budget_min if a.budget_min is not None else (15.0 if a.smoke else 9.0)
@@ -733,6 +739,18 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     shared = find_shared(args.shared)
     r = Runner(args, out, shared)
+    if args.summary_only:
+        if not r.state.get("windows"):
+            raise SystemExit(f"{out}: no state.json from an earlier run")
+        print(write_summary(r), flush=True)
+        return 0
+    def on_term(signum: int, _frame: Any) -> None:  # stopped from outside (e.g. `timeout`): stop our job, keep state
+        if r.current is not None:
+            _stop(r.current)
+        r.save()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
     cuda = torch.cuda.is_available() and args.device != "cpu"
     r.state["cuda"] = cuda
     r.state.setdefault("windows", []).append({"started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
