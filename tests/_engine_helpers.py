@@ -56,7 +56,8 @@ if __name__ == "__main__":  # torchrun entry for the DDP test
     run_dir, out_json = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
     model = TinyNet()
-    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_epochs=0.5, progress=False, monitor="acc")
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_epochs=0.5, progress=False, monitor="acc",
+                      device="cpu")  # gloo on CPU, also on a CUDA machine
     summary = fit(model, TinyTask(), Blobs(22), Blobs(7, seed=1), cfg, run_dir)
     metrics, outputs = evaluate(model, TinyTask(), Blobs(7, seed=1), batch_size=2, progress=False)
     import torch.distributed as dist

@@ -162,7 +162,7 @@ def test_open_run_rank1_never_touches_the_folder(tmp_path, monkeypatch):
     (run / "last").mkdir(parents=True)
     (run / "last" / "training_state.pt").write_bytes(b"x")
     before = sorted(p.name for p in run.rglob("*"))
-    monkeypatch.setattr(engine, "setup_distributed", lambda: (1, 2, 0))
+    monkeypatch.setattr(engine, "setup_distributed", lambda device="auto": (1, 2, 0))
     monkeypatch.setattr(engine, "broadcast_object", lambda obj, src=0: {"resume": False})
     r = open_run(run, "classification", overwrite=True)
     assert (r.rank, r.resume, r._lock_fd) == (1, False, None)

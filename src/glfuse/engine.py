@@ -152,15 +152,27 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def setup_distributed() -> tuple[int, int, int]:
-    """Initialise torch.distributed from torchrun's environment; returns (rank, world_size, local_rank)."""
+def _cuda_for(device: str) -> bool:
+    """Whether a process with this ``device`` spec computes on CUDA. ``auto`` under torchrun: only when every process
+    of the node gets a GPU of its own (the same answer on every rank)."""
+    if not torch.cuda.is_available():
+        return False
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return device.startswith("cuda") or (device == "auto" and local_world <= torch.cuda.device_count())
+
+
+def setup_distributed(device: str = "auto") -> tuple[int, int, int]:
+    """Initialise torch.distributed from torchrun's environment; returns (rank, world_size, local_rank).
+
+    The backend follows the device the run computes on: nccl for CUDA, gloo for CPU (also on a CUDA machine when
+    ``device="cpu"``, or when there are more processes per node than GPUs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, 0
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if _cuda_for(device) else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
@@ -184,9 +196,8 @@ def get_device(spec: str = "auto") -> torch.device:
     """``auto`` → this process's CUDA device when available, else CPU. A CUDA/MPS device this torch cannot use fails
     here, naming the value, instead of deep inside the first forward pass."""
     if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local_rank) if _cuda_for("auto") else torch.device("cpu")
     _DEVICE.check(spec, "device")
     dev = torch.device(spec)
     if dev.type == "cuda":
@@ -519,7 +530,7 @@ def _start(model: nn.Module, task: Any, train_ds: Dataset, cfg: TrainConfig, run
     """Start or resume: distributed set-up, device, seeds, DDP wrapper, loader, optimiser, schedule, AMP, saved state."""
     if cfg.tune_allocator:
         tune_cpu_allocator()
-    rank, world, _ = setup_distributed()
+    rank, world, _ = setup_distributed(cfg.device)
     device = get_device(cfg.device)
     seed_everything(cfg.seed + rank, cfg.deterministic)
     last_dir = run_dir / "last"

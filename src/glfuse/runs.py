@@ -180,11 +180,13 @@ def _decide(d: Path, resume: ResumeMode, overwrite: bool) -> bool:
     return False
 
 
-def open_run(run_dir: str | Path, task: str, *, resume: ResumeMode = False, overwrite: bool = False) -> Run:
+def open_run(run_dir: str | Path, task: str, *, resume: ResumeMode = False, overwrite: bool = False,
+             device: str = "auto") -> Run:
     """Open ``run_dir`` for training by system ``task`` (one of :data:`TASKS`) under the policy of the module docstring.
 
-    Sets up torch.distributed first (when launched by torchrun), then on rank 0 takes the run lock, decides, clears
-    (``overwrite`` / unstarted leftovers) and creates the folder; all ranks get the same decision. The returned
+    Sets up torch.distributed first (when launched by torchrun; the backend follows ``device``), then on rank 0 takes
+    the run lock, decides, clears (``overwrite`` / unstarted leftovers) and creates the folder; all ranks get the same
+    decision. The returned
     :class:`Run` holds the lock until :meth:`Run.close` (use it as a context manager) or process exit.
 
     Raises:
@@ -202,7 +204,7 @@ def open_run(run_dir: str | Path, task: str, *, resume: ResumeMode = False, over
     if resume is True and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     d = Path(run_dir)
-    rank, world, _ = setup_distributed()
+    rank, world, _ = setup_distributed(device)
     verdict: dict[str, Any] = {}
     lock_fd = None
     if rank == 0:

@@ -239,7 +239,7 @@ def train(cfg: ClassifyConfig, run_dir: str | Path, *, resume: bool | str = Fals
     from glfuse.runs import open_run
 
     check_train_config(cfg.train)  # before any file is touched
-    with open_run(run_dir, "classification", resume=resume, overwrite=overwrite) as run:
+    with open_run(run_dir, "classification", resume=resume, overwrite=overwrite, device=cfg.train.device) as run:
         return _train(cfg, run)
 
 

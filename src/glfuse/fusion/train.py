@@ -206,7 +206,7 @@ def train(cfg: FusionConfig, run_dir: str | Path, *, resume: bool | str = False,
     from glfuse.runs import open_run
 
     check_train_config(cfg.train)  # before any file is touched
-    with open_run(run_dir, "fusion", resume=resume, overwrite=overwrite) as run:
+    with open_run(run_dir, "fusion", resume=resume, overwrite=overwrite, device=cfg.train.device) as run:
         return _train(cfg, run)
 
 
