@@ -356,10 +356,10 @@ def test_end_to_end_cli(cache, dataset, tmp_path, capsys):
     sl = list(csv.DictReader(open(tmp_path / "batch" / "slice_predictions.csv")))
     assert sum(int(r["n_slices"]) for r in cases) == len(sl)
     assert main(["stage", "predict", str(run), "--images", str(dataset / "images"), "-o", str(tmp_path / "batch"),
-                 "--device", "cpu", "--quiet"]) == 2 and "--overwrite" in capsys.readouterr().err
+                 "--device", "cpu", "--quiet"]) == 1 and "--overwrite" in capsys.readouterr().err
     assert main(["stage", "prepare", "--images", str(dataset / "images"), "--predict-only", "-o", str(tmp_path / "po"),
                  "--size", "32", "--quiet"]) == 0
-    assert main(["stage", "split", str(tmp_path / "po"), "-o", str(tmp_path / "po.json")]) == 2
+    assert main(["stage", "split", str(tmp_path / "po"), "-o", str(tmp_path / "po.json")]) == 1
     assert "predict-only" in capsys.readouterr().err
     r2 = api.predict_folder(run, tmp_path / "po", tmp_path / "batch2", device="cpu", progress=False)
     assert {r["case_id"]: r["probs"]["2"] for r in r2}["C03"] == pytest.approx(float(c03["prob_2"]), abs=1e-3)
