@@ -13,7 +13,6 @@ training-time eval transform. Nothing is overwritten unless ``overwrite=True``.
 
 from __future__ import annotations
 
-import csv
 import inspect
 import shutil
 from dataclasses import dataclass, field
@@ -359,36 +358,31 @@ def evaluate(model_dir: str | Path, out_dir: str | Path, *, data: str | Path | N
 
 def _write_predictions(path: Path, paths: list[Path], probs: torch.Tensor, classes: list[str],
                        targets: torch.Tensor | None = None) -> None:
-    from glfuse.checkpoint import atomic_write
+    from glfuse.files import write_csv
 
     pred = probs.argmax(1)
-
-    def w(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            wr = csv.writer(f)
-            head = ["path", "pred", "pred_name"] + [f"prob_{c}" for c in classes]
-            if targets is not None:
-                head[1:1] = ["target"]
-            wr.writerow(head)
-            for i, p in enumerate(paths):
-                row = [str(p), int(pred[i]), classes[int(pred[i])]] + [f"{float(v):.6f}" for v in probs[i]]
-                if targets is not None:
-                    row[1:1] = [int(targets[i])]
-                wr.writerow(row)
-
-    atomic_write(path, w)
+    head = ["path", "pred", "pred_name"] + [f"prob_{c}" for c in classes]
+    if targets is not None:
+        head[1:1] = ["target"]
+    rows = []
+    for i, p in enumerate(paths):
+        row = [str(p), int(pred[i]), classes[int(pred[i])]] + [f"{float(v):.6f}" for v in probs[i]]
+        if targets is not None:
+            row[1:1] = [int(targets[i])]
+        rows.append(row)
+    write_csv(path, rows, header=head)
 
 
 # ------------------------------------------------------------------------------------------------------------ predict
 def _gather_inputs(inputs: list[str | Path] | str | Path) -> list[Path]:
-    from glfuse.data.images import list_images
+    from glfuse.data.images import IMAGE_EXTENSIONS, list_images
 
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     files: list[Path] = []
     for it in items:
         p = Path(it).expanduser()
         if p.is_dir():
-            found = list_images(p)
+            found = list_images(p, IMAGE_EXTENSIONS, recursive=True)
             if not found:
                 raise ValueError(f"{p}: no images found")
             files += found

@@ -65,6 +65,7 @@ def add_parser(sub) -> None:
     m.add_argument("--reference", action="store_true",
                    help="use the CDDFuse reference evaluator's conventions (PSNR peak = max F, SSIM data_range 2)")
     m.add_argument("--allow-unmatched", action="store_true", help="skip (and list) names not in all three folders")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing metrics report in the output folder")
     m.set_defaults(func=cmd_metrics)
 
     k = fsub.add_parser("compare", help="compare fusion methods: table (CSV + Markdown) and image grid",
@@ -168,13 +169,14 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from glfuse.fusion.compare import COLOUR_NOTE, _fmt, evaluate_fused_folder, write_metric_outputs
+    from glfuse.fusion.compare import COLOUR_NOTE, _fmt, evaluate_fused_folder, metric_output_paths, write_metric_outputs
 
     out = Path(args.output) if args.output else Path(args.fused) / "metrics"
+    metric_output_paths(out, overwrite=args.overwrite)  # before any work
     rows, summary = evaluate_fused_folder(args.fused, args.a, args.b, metrics=_metric_list(args.metrics),
                                           strict=not args.allow_unmatched, **_conventions(args.reference))
     paths = write_metric_outputs(out, rows, summary, title="Fusion metrics",
-                                 sources={"fused": args.fused, "A": args.a, "B": args.b})
+                                 sources={"fused": args.fused, "A": args.a, "B": args.b}, overwrite=args.overwrite)
     table = Table(title=f"fusion metrics: {args.fused} ({summary['n']} images)", caption=COLOUR_NOTE)
     table.add_column("metric")
     table.add_column("mean", justify="right")

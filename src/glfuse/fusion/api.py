@@ -16,7 +16,7 @@ Grey inputs enter as ``Y(g, g, g)`` (float32), exactly what the official code co
 3 channels (it differs from ``g`` by at most one float32 step).
 
 The returned image is float32 in [0, 1] (``clamp=True``, default), ``HxW`` for grey pairs and ``HxWx3`` for colour
-pairs; :func:`glfuse.fusion.io.save_image` writes it with the 8-bit rule ``rint(clip(x,0,1)·255)``.
+pairs; :func:`glfuse.data.image_io.save_image` writes it with the 8-bit rule ``rint(clip(x,0,1)·255)``.
 ``clamp=False`` returns the raw network output (the fused Y may leave [0, 1]; the official net ends in LeakyReLU).
 
 ``model`` may be an ``nn.Module`` taking ``(vis_y, ir)`` as ``[B,1,H,W]``; a saved model folder
@@ -37,15 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from glfuse.fusion.io import (
-    pair_folders,
-    read_pair,
-    resize_to,
-    rgb_to_y,
-    rgb_to_ycbcr,
-    save_image,
-    ycbcr_to_rgb,
-)
+from glfuse.data.color import rgb_to_y, rgb_to_ycbcr, to_y, ycbcr_to_rgb
+from glfuse.data.image_io import image_stem, pair_folders, read_pair, resize_to, save_image
 
 __all__ = ["CLASSICAL_METHODS", "MRI_NAMES", "OTHER_NAMES", "Fuser", "fuse_folder", "fuse_images", "load_fusion_model"]
 
@@ -202,11 +195,6 @@ def _as_image(x: Any, name: str) -> tuple[np.ndarray, bool]:
     return arr, colour
 
 
-def _grey_y(g: np.ndarray) -> np.ndarray:
-    # Y of the grey image replicated to 3 channels: what the official code fed the network for a grey "vis" file
-    return rgb_to_y(np.repeat(g[..., None], 3, axis=-1))
-
-
 def fuse_images(
     model: Any,
     a: Any,
@@ -254,14 +242,12 @@ def _fuse_mapped(fuser: Fuser, mri: np.ndarray, mri_col: bool, oth: np.ndarray, 
         fy = fuser.fuse_y(y, ir)
         rgb = ycbcr_to_rgb(fy, cb, cr)
         return np.clip(rgb, 0, 1).astype(np.float32) if clamp else rgb
-    fy = fuser.fuse_y(_grey_y(mri), oth)
+    fy = fuser.fuse_y(to_y(mri), oth)  # grey vis enters as Y(g, g, g), as in training
     return np.clip(fy, 0, 1).astype(np.float32) if clamp else fy.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------- folders
 def _pairs_for(a: str | Path, b: str | Path, allow_unmatched: bool) -> list[tuple[str, Path, Path]]:
-    from glfuse.fusion.io import image_stem
-
     a, b = Path(a), Path(b)
     if a.is_file() and b.is_file():
         return [(image_stem(a), a, b)]
