@@ -12,18 +12,20 @@ lone surrogates, e.g. ``b"scan\\xe9.png"`` → ``"scan\\udce9.png"``) is written
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "WriteError",
+    "all_or_nothing",
     "atomic_write",
     "display_path",
     "save_json",
@@ -70,6 +72,21 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+@contextlib.contextmanager
+def all_or_nothing(paths: Iterable[str | Path]) -> Iterator[None]:
+    """Write a set of outputs (a report) whole or not at all: if the block fails, the files among ``paths`` that it
+    created are removed again (files that existed before are left as the block left them)."""
+    before = {Path(p): Path(p).exists() for p in paths}
+    try:
+        yield
+    except BaseException:
+        for p, existed in before.items():
+            if not existed:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+        raise
 
 
 def _write_error(path: Path, e: OSError) -> Exception:

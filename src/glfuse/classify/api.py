@@ -322,8 +322,8 @@ def evaluate(model_dir: str | Path, out_dir: str | Path, *, data: str | Path | N
     by default the run's own ``config.yaml`` section ``data.<split>``. Returns the metrics dict (plus ``params``,
     ``gflops``, ``table``).
     """
-    from glfuse.checkpoint import save_json
     from glfuse.engine import evaluate as run_eval
+    from glfuse.files import all_or_nothing, save_json, write_text
     from glfuse.metrics.classification import classification_metrics, format_table_row, save_classification_report
     from glfuse.profile import count_params, model_summary
 
@@ -347,10 +347,14 @@ def evaluate(model_dir: str | Path, out_dir: str | Path, *, data: str | Path | N
     name = mcfg["arch"]
     table = format_table_row(metrics, name, params, gflops)
     extra = {"model_dir": str(mdir), "arch": name, "data": where, "split": split, "params": params, "gflops": gflops}
-    save_classification_report(metrics, out_dir, classes, title=f"{name} — {where}", extra=extra, overwrite=overwrite)
-    _write_predictions(out_dir / "predictions.csv", ds.paths, outputs["probs"], classes, outputs["targets"])
-    save_json({"table": table}, out_dir / "table.json")
-    (out_dir / "table.md").write_text(table + "\n")
+    report = [out_dir / f for f in ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png",
+                                     "predictions.csv", "table.json", "table.md")]
+    with all_or_nothing(report):  # a failed write (e.g. disk full) leaves no half report
+        save_classification_report(metrics, out_dir, classes, title=f"{name} — {where}", extra=extra,
+                                   overwrite=overwrite)
+        _write_predictions(out_dir / "predictions.csv", ds.paths, outputs["probs"], classes, outputs["targets"])
+        save_json({"table": table}, out_dir / "table.json")
+        write_text(out_dir / "table.md", table + "\n")
     if print_row:
         print(table)
     return {**metrics, "params": params, "gflops": gflops, "table": table}

@@ -34,6 +34,12 @@ def add_parser(sub) -> None:
     r.add_argument("--a-is", default="mri", help="modality of --a: mri (default) or ct/pet/spect (then --b is the MRI)")
     r.add_argument("--resize", action="store_true", help="resize --b to --a's size when they differ (else an error)")
     r.add_argument("--overwrite", action="store_true", help="replace existing output images")
+    r.add_argument("--resume", action="store_true",
+                   help="continue a run stopped part-way: keep the complete outputs, fuse the missing ones")
+    r.add_argument("--strict-inputs", action="store_true",
+                   help="fail instead of repairing inputs (NaN/inf set to 0, middle slice of a 3-D NIfTI)")
+    r.add_argument("--slice", type=int, default=None, dest="slice_index",
+                   help="slice of 3-D NIfTI inputs (last axis; default the middle one, with a warning) or DICOM frame")
     r.add_argument("--minmax", action="store_true",
                    help="official test.py saving (min-max stretch, truncation); only to reproduce official files")
     r.add_argument("--ext", default=".png", help="output extension (default .png)")
@@ -116,9 +122,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     _threads(args.threads)
     recs = fuse_folder(args.model, args.a, args.b, args.output, a_is=args.a_is, weights=args.weights,
                        resize=args.resize, overwrite=args.overwrite, minmax=args.minmax, ext=args.ext,
-                       allow_unmatched=args.allow_unmatched)
-    n_col = sum(r["colour"] for r in recs)
-    Console(stderr=True).print(f"fused {len(recs)} pair(s) ({n_col} colour) into {args.output}")
+                       allow_unmatched=args.allow_unmatched, resume=args.resume, strict_inputs=args.strict_inputs,
+                       slice_index=args.slice_index)
+    n_col = sum(r.get("colour", False) for r in recs)
+    kept = sum("skipped" in r for r in recs)
+    Console(stderr=True).print(f"fused {len(recs) - kept} pair(s) ({n_col} colour) into {args.output}"
+                               + (f"; kept {kept} existing" if kept else ""))
     return 0
 
 

@@ -27,6 +27,7 @@ classical method name (``average``, ``max``, ``laplacian``, ``dwt``).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -259,6 +260,61 @@ def _pairs_for(a: str | Path, b: str | Path, allow_unmatched: bool) -> list[tupl
     raise ValueError(f"--a {a} and --b {b} must both be image files or both be folders")
 
 
+def _plan_outputs(pairs: list[tuple[str, Path, Path]], out_dir: Path, ext: str, *, overwrite: bool,
+                  resume: bool) -> tuple[list[Path], set[str]]:
+    """Output paths of ``pairs`` and the stems to skip (``resume``: outputs that exist and decode completely)."""
+    from glfuse.data.image_io import check_image
+
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other (resume keeps finished outputs, overwrite "
+                         "replaces them)")
+    targets = [out_dir / f"{stem}{ext}" for stem, _, _ in pairs]
+    existing = [t for t in targets if t.exists()]
+    if existing and not (overwrite or resume):
+        shown = ", ".join(t.name for t in existing[:5]) + (f" … (+{len(existing) - 5} more)" if len(existing) > 5 else "")
+        raise FileExistsError(f"{out_dir}: {len(existing)} output(s) exist already ({shown}); pass --resume to keep "
+                              f"them and fuse the rest, or --overwrite (overwrite=True) to replace them")
+    done = {t.name[: -len(ext)] for t in existing if resume and check_image(t) is None}
+    return targets, done
+
+
+def _write_record(out_dir: Path, fuser: Fuser, head: dict[str, Any], records: list[dict[str, Any]],
+                  error: BaseException | None = None) -> None:
+    from glfuse.files import save_json
+
+    doc = {
+        "model": fuser.name, "kind": fuser.kind,
+        "model_config": {k: v for k, v in fuser.config.items() if k in ("arch", "model_args", "fusion", "source")},
+        **head,
+        "mapping": "grey pair: vis_y = MRI (as Y of 3 grey channels), ir = other; colour pair: vis_y = BT.601 Y of the "
+                   "colour image, ir = MRI, Cb/Cr of the colour image put back (spec decision 3)",
+        "saving": "minmax stretch over the image, x255, truncate (official test.py rule)" if head["minmax"]
+        else "uint8 = rint(clip(x, 0, 1) * 255); grey pairs saved grey, colour pairs RGB",
+        "complete": error is None, "images": records,
+    }
+    if error is not None:
+        doc["error"] = " ".join(str(error).split()) or type(error).__name__
+    save_json(doc, out_dir / "fusion.json")
+
+
+def _fuse_one(fuser: Fuser, pa: Path, pb: Path, target: Path, a_mri: bool, read_kw: dict[str, Any],
+              minmax: bool) -> dict[str, Any]:
+    import time
+
+    ra, rb = read_pair(pa, pb, **read_kw)
+    mri, oth = (ra, rb) if a_mri else (rb, ra)
+    t0 = time.perf_counter()
+    fused = _fuse_mapped(fuser, mri[0], mri[1], oth[0], oth[1], clamp=False)
+    dt = time.perf_counter() - t0
+    save_image(target, fused, minmax=minmax)
+    rec: dict[str, Any] = {"a": str(pa), "b": str(pb), "output": str(target), "colour": bool(fused.ndim == 3),
+                           "seconds": round(dt, 4)}
+    notes = {k: [n["what"] for n in r.notes] for k, r in (("a", ra), ("b", rb)) if r.notes}
+    if notes:
+        rec["input_notes"] = notes  # how the inputs were changed on reading (stretch, NaN repaired, slice taken)
+    return rec
+
+
 def fuse_folder(
     model: Any,
     a: str | Path,
@@ -269,65 +325,59 @@ def fuse_folder(
     weights: str | Path | None = None,
     resize: bool = False,
     overwrite: bool = False,
+    resume: bool = False,
     minmax: bool = False,
     ext: str = ".png",
     allow_unmatched: bool = False,
+    strict_inputs: bool = False,
+    slice_index: int | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Fuse every same-named pair of folders ``a`` (MRI) and ``b`` (CT/PET/SPECT) — or two single files — into
     ``out_dir/<name><ext>``. Grey pairs give grey files, colour pairs RGB; 8-bit rule ``rint(clip(x,0,1)·255)``
     (``minmax=True``: the official stretch, for reproducing official files only).
 
-    Existing outputs are never replaced unless ``overwrite=True`` (checked for all pairs before anything runs).
-    Returns one record per pair (name, sources, output, colour, seconds). A ``fusion.json`` describing the run (model,
-    mapping, saving rule) is written next to the images.
+    Existing outputs are never replaced unless ``overwrite=True`` (checked for all pairs before anything runs);
+    ``resume=True`` keeps the outputs that exist and decode completely and fuses the rest (a run stopped part-way).
+    Inputs changed on reading (NaN/inf set to 0, the middle slice of a 3-D NIfTI, min–max stretch) are warned about
+    and recorded per image in ``fusion.json`` (``input_notes``); ``strict_inputs=True`` makes the repairs errors,
+    ``slice_index`` picks the NIfTI slice / DICOM frame. ``fusion.json`` (model, mapping, saving rule, one record per
+    pair) is written next to the images — also when a pair fails, then with ``"complete": false`` and the error.
+    Returns the records of this call's pairs (name, sources, output, colour, seconds; ``skipped`` for kept outputs).
     """
-    import time
-
-    from glfuse.checkpoint import save_json
     from glfuse.engine import progress_bar
     from glfuse.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()  # inference only: no fragmentation cost here (see glfuse.runtime)
-    fuser = load_fusion_model(model, weights=weights)
-    pairs = _pairs_for(a, b, allow_unmatched)
-    out_dir = Path(out_dir)
-    if not ext.startswith("."):
-        ext = "." + ext
-    targets = [out_dir / f"{stem}{ext}" for stem, _, _ in pairs]
-    existing = [t.name for t in targets if t.exists()]
-    if existing and not overwrite:
-        shown = ", ".join(existing[:5]) + (f" … (+{len(existing) - 5} more)" if len(existing) > 5 else "")
-        raise FileExistsError(f"{out_dir}: {len(existing)} output(s) exist already ({shown}); pass --overwrite "
-                              f"(overwrite=True) to replace them")
     key = a_is.lower()
     if key not in MRI_NAMES + OTHER_NAMES:
         raise ValueError(f"a_is must be one of {MRI_NAMES + OTHER_NAMES}, got {a_is!r}")
-    a_mri = key in MRI_NAMES
+    fuser = load_fusion_model(model, weights=weights)
+    pairs = _pairs_for(a, b, allow_unmatched)
+    out_dir = Path(out_dir)
+    ext = ext if ext.startswith(".") else "." + ext
+    targets, done = _plan_outputs(pairs, out_dir, ext, overwrite=overwrite, resume=resume)
+    read_kw = {"resize": resize, "strict": strict_inputs, "slice_index": slice_index}
+    head = {"a": str(a), "b": str(b), "a_is": a_is, "resize": resize, "minmax": minmax, "strict_inputs": strict_inputs,
+            "slice_index": slice_index}
     out_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     with progress_bar(progress) as bar:
         job = bar.add_task("fuse " + fuser.name, total=len(pairs), info="")
         for (stem, pa, pb), target in zip(pairs, targets):
-            (a_arr, a_col), (b_arr, b_col) = read_pair(pa, pb, resize=resize)
-            mri, oth = ((a_arr, a_col), (b_arr, b_col)) if a_mri else ((b_arr, b_col), (a_arr, a_col))
-            t0 = time.perf_counter()
-            fused = _fuse_mapped(fuser, mri[0], mri[1], oth[0], oth[1], clamp=False)
-            dt = time.perf_counter() - t0
-            save_image(target, fused, minmax=minmax)
-            records.append({"name": stem, "a": str(pa), "b": str(pb), "output": str(target),
-                            "colour": bool(fused.ndim == 3), "seconds": round(dt, 4)})
-            bar.update(job, advance=1, info=f"{stem}  {dt:.2f}s")
-    save_json({
-        "model": fuser.name, "kind": fuser.kind,
-        "model_config": {k: v for k, v in fuser.config.items() if k in ("arch", "model_args", "fusion", "source")},
-        "a": str(a), "b": str(b), "a_is": a_is,
-        "mapping": "grey pair: vis_y = MRI (as Y of 3 grey channels), ir = other; colour pair: vis_y = BT.601 Y of the "
-                   "colour image, ir = MRI, Cb/Cr of the colour image put back (spec decision 3)",
-        "saving": "minmax stretch over the image, x255, truncate (official test.py rule)" if minmax
-        else "uint8 = rint(clip(x, 0, 1) * 255); grey pairs saved grey, colour pairs RGB",
-        "resize": resize, "images": records,
-    }, out_dir / "fusion.json")
+            if stem in done:
+                records.append({"name": stem, "a": str(pa), "b": str(pb), "output": str(target),
+                                "skipped": "existing complete output kept (resume)"})
+            else:
+                try:
+                    rec = _fuse_one(fuser, pa, pb, target, key in MRI_NAMES, read_kw, minmax)
+                except BaseException as e:
+                    with contextlib.suppress(Exception):  # the record must not hide the error (e.g. disk full)
+                        _write_record(out_dir, fuser, head, records, error=e)
+                    raise
+                records.append({"name": stem, **rec})
+            bar.update(job, advance=1, info=f"{stem}  {records[-1].get('seconds', 0):.2f}s")
+    _write_record(out_dir, fuser, head, records)
     if not records:
         warnings.warn(f"no pairs fused into {out_dir}", stacklevel=2)
     return records

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from glfuse.files import save_json, write_csv, write_text
+from glfuse.files import all_or_nothing, save_json, write_csv, write_text
 
 __all__ = [
     "compare_methods",
@@ -88,23 +88,24 @@ def write_metric_outputs(out_dir: str | Path, rows: list[dict[str, Any]], summar
     """Write ``per_image.csv``, ``summary.csv`` (metric, mean, std, n), ``summary.md`` and ``conventions.json``;
     an existing report is replaced only with ``overwrite=True``."""
     paths = metric_output_paths(out_dir, overwrite=overwrite)
-    write_csv(paths["per_image"], rows)
-    names = list(summary["mean"])
-    write_csv(paths["summary_csv"], [{"metric": k, "mean": summary["mean"][k], "std": summary["std"][k],
-                                      "n": summary["n"]} for k in names])
-    md = [f"# {title}", ""]
-    for k, v in (sources or {}).items():
-        md.append(f"- {k}: `{v}`")
-    md += [f"- images: {summary['n']} (mean ± population std)", ""]
-    md.append(markdown_table(["metric", "mean ± std"],
-                             [[k, f"{_fmt(summary['mean'][k])} ± {_fmt(summary['std'][k])}"] for k in names]))
-    notes = summary.get("notes") or []
-    if notes:
-        md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
-    md.append(_conventions_md(summary["conventions"]))
-    write_text(paths["summary_md"], "\n".join(md))
-    save_json({"colour": COLOUR_NOTE, "conventions": summary["conventions"], "sources": sources or {}, "notes": notes},
-              paths["conventions"])
+    with all_or_nothing(paths.values()):  # the report is written whole or not at all (e.g. disk full)
+        write_csv(paths["per_image"], rows)
+        names = list(summary["mean"])
+        write_csv(paths["summary_csv"], [{"metric": k, "mean": summary["mean"][k], "std": summary["std"][k],
+                                          "n": summary["n"]} for k in names])
+        md = [f"# {title}", ""]
+        for k, v in (sources or {}).items():
+            md.append(f"- {k}: `{v}`")
+        md += [f"- images: {summary['n']} (mean ± population std)", ""]
+        md.append(markdown_table(["metric", "mean ± std"],
+                                 [[k, f"{_fmt(summary['mean'][k])} ± {_fmt(summary['std'][k])}"] for k in names]))
+        notes = summary.get("notes") or []
+        if notes:
+            md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+        md.append(_conventions_md(summary["conventions"]))
+        write_text(paths["summary_md"], "\n".join(md))
+        save_json({"colour": COLOUR_NOTE, "conventions": summary["conventions"], "sources": sources or {}, "notes": notes},
+                  paths["conventions"])
     return paths
 
 
