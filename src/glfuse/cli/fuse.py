@@ -17,11 +17,7 @@ EPILOG = ("--a is the MRI, --b the CT/PET/SPECT image. Grey pairs (CT-MRI) enter
           "Outputs: grey for grey pairs, RGB for colour pairs, 8-bit = rint(clip(x,0,1)*255).")
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("fuse", help="multimodal image fusion (MACTFusion, classical) and fusion metrics",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    fsub = p.add_subparsers(dest="fuse_command", metavar="SUBCOMMAND", required=True)
-
+def _add_run_parser(fsub) -> None:
     r = fsub.add_parser("run", help="fuse an image pair or two folders of pairs", description=EPILOG)
     r.add_argument("--model", required=True,
                    help="model folder (convert-official / training output), registered name with --weights, or a "
@@ -47,6 +43,14 @@ def add_parser(sub) -> None:
                    help="warn about (and skip) names without a partner instead of failing")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     r.set_defaults(func=cmd_run)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("fuse", help="multimodal image fusion (MACTFusion, classical) and fusion metrics",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fsub = p.add_subparsers(dest="fuse_command", metavar="SUBCOMMAND", required=True)
+
+    _add_run_parser(fsub)
 
     c = fsub.add_parser("convert-official", help="convert an official checkpoint into a glfuse model folder",
                         description="load_official + save_model (model.safetensors + config.json with the fusion "
