@@ -436,3 +436,19 @@ def test_write_error_names_path_and_leaves_nothing(tiny_fs):
         write_csv(target, [{"a": "x" * 100_000}])
     assert str(target) in str(ei.value) and "no space left" in str(ei.value)
     assert sorted(p.name for p in tiny_fs.iterdir()) == ["filler"]
+
+
+def test_disk_full_classify_evaluate_leaves_no_half_report(tiny_fs, tmp_path, capsys):
+    model = _tiny_classifier(tmp_path / "model")
+    data = tmp_path / "data"
+    for k, cls in enumerate(("cat", "dog")):
+        (data / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((24, 24, 3), 60 * k + 20 * i, np.uint8)).save(data / cls / f"{cls}{i}.png")
+    rep = tiny_fs / "report"
+    _fill(tiny_fs, 6_000)  # room for the JSON and CSVs, not for the confusion-matrix PNG
+    rc = main(["classify", "evaluate", str(model), "--data", str(data), "-o", str(rep), "--device", "cpu", "--no-flops"])
+    assert rc == RUNTIME_ERROR
+    line = _err_line(capsys)
+    assert "no space left on device" in line and str(rep) in line
+    assert not rep.exists() or sorted(p.name for p in rep.iterdir()) == []
