@@ -2,8 +2,8 @@
 
 Every writer goes through :func:`atomic_write`: the content is written to a temporary file in the target's folder and
 renamed over the target (``os.replace``), so a crash or a full disk never leaves a half-written file — either the old
-file or the new one is there, never a mix. A write that fails because the disk is full (``ENOSPC``), the quota is
-exceeded or the folder is read-only raises :class:`WriteError` (a ``RuntimeError``) with one line naming the path.
+file or the new one is there, never a mix. A write that fails with an OS error — the disk is full (``ENOSPC``), the quota is
+exceeded, the folder is read-only, ... — raises :class:`WriteError` (a ``RuntimeError``) with one line naming the path.
 
 Text outputs are UTF-8. A string that cannot be encoded (a file name that is not valid UTF-8, which Python carries as
 lone surrogates, e.g. ``b"scan\\xe9.png"`` → ``"scan\\udce9.png"``) is written with backslash escapes
@@ -28,6 +28,7 @@ __all__ = [
     "all_or_nothing",
     "atomic_write",
     "display_path",
+    "make_dir",
     "save_json",
     "write_csv",
     "write_markdown",
@@ -74,6 +75,16 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
     return path
 
 
+def make_dir(path: str | Path) -> Path:
+    """``mkdir -p``; a full, read-only or forbidden file system raises :class:`WriteError` naming ``path``."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    return path
+
+
 @contextlib.contextmanager
 def all_or_nothing(paths: Iterable[str | Path]) -> Iterator[None]:
     """Write a set of outputs (a report) whole or not at all: if the block fails, the files among ``paths`` that it
@@ -89,10 +100,8 @@ def all_or_nothing(paths: Iterable[str | Path]) -> Iterator[None]:
         raise
 
 
-def _write_error(path: Path, e: OSError) -> Exception:
-    why = _WRITE_ERRNOS.get(e.errno or -1)
-    if why is None:
-        return e
+def _write_error(path: Path, e: OSError) -> WriteError:
+    why = _WRITE_ERRNOS.get(e.errno or -1) or (e.strerror or " ".join(str(e).split())).lower()
     return WriteError(f"{display_path(path)}: cannot write: {why} (nothing written)")
 
 

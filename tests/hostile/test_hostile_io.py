@@ -452,3 +452,15 @@ def test_disk_full_classify_evaluate_leaves_no_half_report(tiny_fs, tmp_path, ca
     line = _err_line(capsys)
     assert "no space left on device" in line and str(rep) in line
     assert not rep.exists() or sorted(p.name for p in rep.iterdir()) == []
+
+
+def test_read_only_file_system_fuse_run(tiny_fs, tmp_path, capsys):
+    a, b = _pairs(tmp_path, names=("p1",))
+    r = subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot remount read-only: {r.stderr.strip()}")
+    out = tiny_fs / "fused"
+    assert main(["fuse", "run", "--model", "average", "--a", str(a), "--b", str(b), "-o", str(out)]) == RUNTIME_ERROR
+    line = _err_line(capsys)
+    assert str(out) in line and "read-only file system" in line
+    assert not out.exists()

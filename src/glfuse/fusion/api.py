@@ -346,6 +346,7 @@ def fuse_folder(
     Returns the records of this call's pairs (name, sources, output, colour, seconds; ``skipped`` for kept outputs).
     """
     from glfuse.engine import progress_bar
+    from glfuse.files import make_dir
     from glfuse.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()  # inference only: no fragmentation cost here (see glfuse.runtime)
@@ -360,7 +361,7 @@ def fuse_folder(
     read_kw = {"resize": resize, "strict": strict_inputs, "slice_index": slice_index}
     head = {"a": str(a), "b": str(b), "a_is": a_is, "resize": resize, "minmax": minmax, "strict_inputs": strict_inputs,
             "slice_index": slice_index}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     records: list[dict[str, Any]] = []
     with progress_bar(progress) as bar:
         job = bar.add_task("fuse " + fuser.name, total=len(pairs), info="")

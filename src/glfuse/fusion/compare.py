@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from glfuse.files import all_or_nothing, save_json, write_csv, write_text
+from glfuse.files import all_or_nothing, make_dir, save_json, write_csv, write_text
 
 __all__ = [
     "compare_methods",
@@ -174,7 +174,7 @@ def compare_methods(
         fused_dirs[label] = d
 
     results: dict[str, dict[str, Any]] = {}
-    (out_dir / "per_image").mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir / "per_image")
     for label, d in fused_dirs.items():
         rows, summary = evaluate_fused_folder(d, a_dir, b_dir, metrics=metrics, progress=progress, **conventions)
         write_csv(out_dir / "per_image" / f"{label}.csv", rows)

@@ -120,7 +120,7 @@ def save_classification_report(metrics: dict[str, Any], out_dir: str | Path, cla
     ``extra`` entries (model name, params, data description, ...) are added to ``metrics.json``. Refuses to replace an
     existing report unless ``overwrite``.
     """
-    from glfuse.files import atomic_write, save_json, write_csv
+    from glfuse.files import atomic_write, make_dir, save_json, write_csv
 
     out_dir = Path(out_dir)
     names = list(class_names or metrics.get("class_names") or [])
@@ -131,7 +131,7 @@ def save_classification_report(metrics: dict[str, Any], out_dir: str | Path, cla
         for p in paths.values():
             if p.exists():
                 raise FileExistsError(f"{p} exists; pass --overwrite (overwrite=True) to replace it")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     save_json({**(extra or {}), **metrics}, paths["metrics"])
     cols = ("precision", "recall", "f1", "specificity", "auc")
     write_csv(paths["per_class"], [[c, *(("" if metrics["per_class"][c][k] is None else f"{metrics['per_class'][c][k]:.6f}")
