@@ -26,7 +26,7 @@ __all__ = [
     "IMAGE_EXTS",
     "ImageRead",
     "image_stem",
-    "list_images",
+    "images_by_stem",
     "pair_folders",
     "read_grey",
     "read_image",
@@ -39,6 +39,3 @@ __all__ = [
     "to_y",
     "ycbcr_to_rgb",
 ]
-
-#: ``{stem: path}`` of the images directly in a folder (:func:`glfuse.data.image_io.images_by_stem`).
-list_images = images_by_stem

@@ -22,18 +22,12 @@ from glfuse.data.image_io import PIL_EXTS
 
 IMAGE_SUFFIXES = frozenset(PIL_EXTS)
 
-__all__ = ["IMAGE_SUFFIXES", "evaluate_folder", "list_images", "pair_by_stem", "read_grey", "summarise"]
+__all__ = ["IMAGE_SUFFIXES", "evaluate_folder", "pair_by_stem", "read_grey", "summarise"]
 
 
 def read_grey(path: str | Path) -> np.ndarray:
     """Read an 8-bit image file as float64 grey 0–255 (colour → BT.601 Y; alpha dropped, palette expanded)."""
     return image_io.read_grey(path, scale="8bit")
-
-
-def list_images(folder: str | Path) -> dict[str, Path]:
-    """Map stem → path for the 8-bit image files (PNG/JPG/TIFF/BMP) directly in ``folder``; duplicate stems are an
-    error."""
-    return image_io.images_by_stem(folder, PIL_EXTS)
 
 
 def pair_by_stem(
