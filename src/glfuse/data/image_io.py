@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 
 from glfuse.data.color import rgb_to_y
+from glfuse.files import atomic_write
+from glfuse.files import display_path as _shown
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -78,8 +80,6 @@ def _one_line(e: BaseException | str) -> str:
     return " ".join(str(e).split())
 
 
-def _shown(path: str | Path) -> str:
-    return os.fsdecode(os.fspath(path)).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # ------------------------------------------------------------------------------------------------------- pixel limit
@@ -428,7 +428,6 @@ def save_image(path: str | Path, x: np.ndarray, *, minmax: bool = False, bits: i
     """
     from PIL import Image
 
-    from glfuse.files import atomic_write
 
     path = Path(path)
     x = np.asarray(x)
