@@ -134,7 +134,10 @@ def test_nifti_slices(tmp_path):
     arr, colour = read_image(tmp_path / "v.nii.gz", slice_index=3)
     assert not colour and arr.shape == (6, 7)
     np.testing.assert_allclose(arr, mm(vol[:, :, 3]), atol=1e-6)
-    mid, _ = read_image(tmp_path / "v.nii.gz")  # default: middle slice of the last axis
+    with pytest.warns(UserWarning, match=r"v\.nii\.gz: 3-D volume .* slice 2 of 5 .*middle"):
+        mid, _ = read_image(tmp_path / "v.nii.gz")  # default: middle slice of the last axis, with a warning
+    with pytest.raises(ValueError, match="middle"):
+        read_image(tmp_path / "v.nii.gz", strict=True)
     np.testing.assert_allclose(mid, mm(vol[:, :, 2]), atol=1e-6)
     ax0, _ = read_image(tmp_path / "v.nii.gz", slice_index=1, axis=0)
     np.testing.assert_allclose(ax0, mm(vol[1]), atol=1e-6)
