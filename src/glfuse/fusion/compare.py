@@ -195,6 +195,9 @@ def compare_methods(
                               [[label, *[f"{_fmt(s['mean'][k])} ± {_fmt(s['std'][k])}" for k in names]]
                                for label, s in results.items()])]
     conv = next(iter(results.values()))["conventions"]
+    data_notes = [f"{label}: {n}" for label, s in results.items() for n in s.get("notes", [])]
+    if data_notes:
+        md += ["## Notes", "", *[f"- {n}" for n in data_notes], ""]
     md.append(_conventions_md(conv))
     write_text(out_dir / "compare.md", "\n".join(md))
     save_json({"colour": COLOUR_NOTE, "conventions": conv, "methods": notes}, out_dir / "conventions.json")
