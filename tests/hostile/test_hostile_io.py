@@ -128,14 +128,18 @@ def _tiny_classifier(out: Path) -> Path:
     return out
 
 
-@pytest.mark.skipif(os.name != "posix", reason="bytes file names are a POSIX feature")
-def test_non_utf8_file_names_predict_and_evaluate(tmp_path, capsys):
-    model = _tiny_classifier(tmp_path / "model")
-    data = tmp_path / "data"
+def _class_tree(data: Path) -> Path:
     for k, cls in enumerate(("cat", "dog")):
         (data / cls).mkdir(parents=True)
         for i in range(2):
             Image.fromarray(np.full((24, 24, 3), 60 * k + 20 * i, np.uint8)).save(data / cls / f"{cls}{i}.png")
+    return data
+
+
+@pytest.mark.skipif(os.name != "posix", reason="bytes file names are a POSIX feature")
+def test_non_utf8_file_names_predict_and_evaluate(tmp_path, capsys):
+    model = _tiny_classifier(tmp_path / "model")
+    data = _class_tree(tmp_path / "data")
     raw = os.path.join(os.fsencode(data / "cat"), b"caf\xe9.png")  # Latin-1 name: not valid UTF-8
     Image.fromarray(np.full((24, 24, 3), 7, np.uint8)).save(os.fsdecode(raw))
     out = tmp_path / "pred.csv"
@@ -204,12 +208,17 @@ def test_nan_tiff_in_fusion_metrics_names_file_and_nan(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ truncated fused PNG
-def test_truncated_fused_png_in_metrics_is_one_line(tmp_path, capsys):
+def _fused_set(tmp_path: Path, seed: int) -> tuple[Path, Path, Path]:
     a, b = _pairs(tmp_path)
     fused = tmp_path / "fused"
     fused.mkdir()
     for n in ("p1", "p2", "p3"):
-        _grey(fused / f"{n}.png", 11)
+        _grey(fused / f"{n}.png", seed)
+    return a, b, fused
+
+
+def test_truncated_fused_png_in_metrics_is_one_line(tmp_path, capsys):
+    a, b, fused = _fused_set(tmp_path, 11)
     data = (fused / "p2.png").read_bytes()
     (fused / "p2.png").write_bytes(data[: len(data) // 2])
     assert main(["fuse", "metrics", "--fused", str(fused), "--a", str(a), "--b", str(b), "--metrics", "EN"]) == RUNTIME_ERROR
@@ -219,11 +228,7 @@ def test_truncated_fused_png_in_metrics_is_one_line(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------------ metrics report
 def test_metrics_report_needs_overwrite_and_unmatched_names_the_flag(tmp_path, capsys):
-    a, b = _pairs(tmp_path)
-    fused = tmp_path / "fused"
-    fused.mkdir()
-    for n in ("p1", "p2", "p3"):
-        _grey(fused / f"{n}.png", 5)
+    a, b, fused = _fused_set(tmp_path, 5)
     args = ["fuse", "metrics", "--fused", str(fused), "--a", str(a), "--b", str(b), "--metrics", "EN,SD"]
     assert main(args) == 0
     capsys.readouterr()
@@ -440,11 +445,7 @@ def test_write_error_names_path_and_leaves_nothing(tiny_fs):
 
 def test_disk_full_classify_evaluate_leaves_no_half_report(tiny_fs, tmp_path, capsys):
     model = _tiny_classifier(tmp_path / "model")
-    data = tmp_path / "data"
-    for k, cls in enumerate(("cat", "dog")):
-        (data / cls).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(np.full((24, 24, 3), 60 * k + 20 * i, np.uint8)).save(data / cls / f"{cls}{i}.png")
+    data = _class_tree(tmp_path / "data")
     rep = tiny_fs / "report"
     _fill(tiny_fs, 6_000)  # room for the JSON and CSVs, not for the confusion-matrix PNG
     rc = main(["classify", "evaluate", str(model), "--data", str(data), "-o", str(rep), "--device", "cpu", "--no-flops"])
