@@ -300,3 +300,20 @@ def test_evaluate_folder_unmatched(tmp_path):
                                           progress=False)  # fmt: skip
     assert [r["image"] for r in rows] == ["p.png"] and summary["n"] == 1
     assert any("extra.png" in str(w.message) and "q.png" in str(w.message) for w in rec)
+
+
+def test_summary_of_non_finite_values_has_notes_and_no_numpy_warning():
+    from glfuse.fusion.io_metrics import summarise
+
+    rows = [{"image": "a", "PSNR": math.inf, "EN": 1.0, "VIF": math.nan},
+            {"image": "b", "PSNR": 30.0, "EN": 3.0, "VIF": math.nan},
+            {"image": "c", "PSNR": math.inf, "EN": 2.0, "VIF": math.nan}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = summarise(rows)
+    assert s["mean"]["EN"] == 2.0 and s["std"]["EN"] == pytest.approx(np.std([1, 3, 2]))
+    assert s["mean"]["PSNR"] == math.inf and math.isnan(s["std"]["PSNR"])
+    assert math.isnan(s["mean"]["VIF"]) and math.isnan(s["std"]["VIF"])
+    assert [n.split(":")[0] for n in s["notes"]] == ["PSNR", "VIF"]
+    same = summarise([{"image": "a", "PSNR": math.inf}, {"image": "b", "PSNR": math.inf}])
+    assert same["mean"]["PSNR"] == math.inf and same["std"]["PSNR"] == 0.0 and same["notes"] == []

@@ -47,7 +47,8 @@ def summarise(rows: list[dict[str, Any]], notes: list[str] | None = None, **conv
     """``{"n", "mean", "std" (population), "conventions", "notes"}`` of per-image rows.
 
     A metric that is +inf on every image (PSNR of identical images) has mean +inf and std 0; a mix of finite and
-    non-finite values gives NaN statistics with a note instead of a numpy warning.
+    infinite values has mean ±inf and std NaN, any NaN gives NaN statistics — each with a note, never a numpy
+    warning.
     """
     from glfuse.metrics.fusion import describe_conventions
 
@@ -61,10 +62,11 @@ def summarise(rows: list[dict[str, Any]], notes: list[str] | None = None, **conv
             mean[k], std[k] = float(np.mean(v)), float(np.std(v))
         elif (v == v[0]).all():
             mean[k], std[k] = float(v[0]), 0.0
-        else:
-            mean[k] = std[k] = math.nan
-            notes.append(f"{k}: non-finite value(s) on {int((~np.isfinite(v)).sum())} image(s); mean/std reported as "
-                         "NaN (see per_image)")
+        else:  # e.g. PSNR +inf on identical images next to finite ones, or NaN (image below a metric's minimum size)
+            mean[k] = math.nan if np.isnan(v).any() else float(np.mean(v))
+            std[k] = math.nan
+            notes.append(f"{k}: non-finite value(s) on {int((~np.isfinite(v)).sum())} image(s); mean = {mean[k]}, "
+                         "std reported as NaN (see per_image)")
     return {"n": len(rows), "mean": mean, "std": std, "conventions": describe_conventions(**conventions),
             "notes": notes}
 
