@@ -65,8 +65,10 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
         os.replace(tmp, path)
     except OSError as e:
         raise _write_error(path, e) from None
-    except RuntimeError as e:  # torch.save reports ENOSPC as "[enforce fail at inline_container.cc] ... error code 28"
-        if "error code 28" in str(e) or "No space left" in str(e):
+    except Exception:
+        # Some writers hide ENOSPC behind their own message (torch.save: "[enforce fail at inline_container.cc:672]
+        # ... unexpected pos"): a failure with the file system (next to) full is reported as what it is.
+        if _nearly_full(path.parent):
             raise WriteError(f"{display_path(path)}: cannot write: no space left on device (nothing written)") from None
         raise
     finally:
@@ -98,6 +100,14 @@ def all_or_nothing(paths: Iterable[str | Path]) -> Iterator[None]:
                 with contextlib.suppress(OSError):
                     p.unlink()
         raise
+
+
+def _nearly_full(folder: Path, margin: int = 1 << 20) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs on Windows
+        return False
+    return st.f_bavail * st.f_frsize < margin
 
 
 def _write_error(path: Path, e: OSError) -> WriteError:

@@ -465,3 +465,15 @@ def test_read_only_file_system_fuse_run(tiny_fs, tmp_path, capsys):
     line = _err_line(capsys)
     assert str(out) in line and "read-only file system" in line
     assert not out.exists()
+
+
+def test_disk_full_torch_save_is_named_as_such(tiny_fs):
+    from glfuse.checkpoint import save_training_state
+    from glfuse.files import WriteError
+
+    _fill(tiny_fs, 50_000)
+    target = tiny_fs / "last" / "training_state.pt"
+    with pytest.raises(WriteError) as ei:
+        save_training_state({"w": torch.zeros(200_000)}, target)  # 800 KB into 50 KB
+    assert str(ei.value) == f"{target}: cannot write: no space left on device (nothing written)"
+    assert not target.exists() and [p.name for p in (tiny_fs / "last").iterdir()] == []
