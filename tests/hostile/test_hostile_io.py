@@ -390,7 +390,11 @@ def tiny_fs(tmp_path):
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
+    import gc
+
+    gc.collect()  # close file objects still referenced by a failed writer's traceback
+    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)  # lazy detach: never leave a mount behind
 
 
 def _fill(mnt: Path, leave: int) -> None:
