@@ -1,4 +1,4 @@
-"""glfuse.fusion.io: reading (PIL / DICOM / NIfTI), colour conversion, the 8-bit saving rule, pairing and bad inputs."""
+"""glfuse.data.image_io (the one 2-D image layer; also as glfuse.fusion.io): reading, colour, saving, pairing, bad inputs."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import pytest
 from PIL import Image
 
 from glfuse.cli.main import main
-from glfuse.fusion.io import (
+from glfuse.data.color import rgb_to_ycbcr, ycbcr_to_rgb
+from glfuse.data.image_io import (
     pair_folders,
     read_image,
     read_pair,
-    rgb_to_ycbcr,
     save_image,
     to_uint8,
-    ycbcr_to_rgb,
 )
 
 
@@ -135,7 +134,10 @@ def test_nifti_slices(tmp_path):
     arr, colour = read_image(tmp_path / "v.nii.gz", slice_index=3)
     assert not colour and arr.shape == (6, 7)
     np.testing.assert_allclose(arr, mm(vol[:, :, 3]), atol=1e-6)
-    mid, _ = read_image(tmp_path / "v.nii.gz")  # default: middle slice of the last axis
+    with pytest.warns(UserWarning, match=r"v\.nii\.gz: 3-D volume .* slice 2 of 5 .*middle"):
+        mid, _ = read_image(tmp_path / "v.nii.gz")  # default: middle slice of the last axis, with a warning
+    with pytest.raises(ValueError, match="middle"):
+        read_image(tmp_path / "v.nii.gz", strict=True)
     np.testing.assert_allclose(mid, mm(vol[:, :, 2]), atol=1e-6)
     ax0, _ = read_image(tmp_path / "v.nii.gz", slice_index=1, axis=0)
     np.testing.assert_allclose(ax0, mm(vol[1]), atol=1e-6)
@@ -207,3 +209,60 @@ def test_cli_reports_bad_input_on_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 1
     assert err.count("\n") == 0 and err.startswith("glfuse: error:") and str(b / "p1.png") in err
+
+
+# ------------------------------------------------------------------------------------------------- one IO layer
+def test_training_and_inference_share_the_grey_to_y_rule(tmp_path):
+    from glfuse.data.color import to_y
+    from glfuse.fusion.api import Fuser, fuse_images
+    from glfuse.fusion.train import _load_y
+
+    g = np.random.default_rng(0).integers(0, 256, (9, 11), dtype=np.uint8)
+    Image.fromarray(g).save(tmp_path / "g.png")
+    seen = {}
+
+    def fn(vis_y, ir):
+        seen["vis"] = vis_y
+        return vis_y
+
+    grey = read_image(tmp_path / "g.png")[0]
+    fuse_images(Fuser("probe", "classical", fn), grey, grey)
+    train_y = _load_y(tmp_path / "g.png")
+    np.testing.assert_array_equal(seen["vis"], train_y)  # bit-identical: no train/inference skew
+    np.testing.assert_array_equal(train_y, to_y(grey))
+    assert train_y.dtype == np.float32
+    import glfuse.fusion.io as legacy  # the historical module name still works and is the same code
+
+    assert legacy.read_image is read_image and legacy.to_y is to_y
+
+
+def test_one_listing_and_stem_pairing(tmp_path):
+    from glfuse.data.image_io import images_by_stem, list_images, match_stems
+
+    for d in ("a", "b", "a/sub", "a/.hidden"):
+        (tmp_path / d).mkdir(parents=True)
+    for p in ("a/x.png", "a/y.nii.gz", "a/sub/z.PNG", "a/.hidden/h.png", "a/.dot.png", "a/notes.txt", "b/x.tif",
+              "b/w.png"):
+        (tmp_path / p).write_bytes(b"")
+    assert [p.name for p in list_images(tmp_path / "a")] == ["x.png", "y.nii.gz"]
+    assert [p.name for p in list_images(tmp_path / "a", recursive=True)] == ["z.PNG", "x.png", "y.nii.gz"]
+    assert list(images_by_stem(tmp_path / "a")) == ["x", "y"]
+    matched, unmatched = match_stems({"A": tmp_path / "a", "B": tmp_path / "b"})
+    assert matched == [("x", tmp_path / "a/x.png", tmp_path / "b/x.tif")]
+    assert unmatched == {"A": ["y.nii.gz"], "B": ["w.png"]}
+    (tmp_path / "b/x.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="two images share the name 'x'"):
+        images_by_stem(tmp_path / "b")
+
+
+def test_metrics_reader_keeps_stored_values(tmp_path):
+    from glfuse.data.color import to_grey_y
+    from glfuse.data.image_io import read_grey
+
+    rgb = np.random.default_rng(1).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    y8 = read_grey(tmp_path / "c.png", scale="8bit")
+    assert y8.dtype == np.float64
+    np.testing.assert_array_equal(y8, to_grey_y(rgb))  # the metrics' BT.601 Y, unrounded, on 0-255
+    yu = read_grey(tmp_path / "c.png")
+    assert yu.dtype == np.float32 and np.abs(yu * 255 - y8).max() < 1e-3

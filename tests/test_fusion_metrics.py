@@ -12,7 +12,7 @@ import torch
 from conftest import shared_path
 from PIL import Image
 
-from glfuse.fusion.io_metrics import pair_by_stem, read_grey
+from glfuse.fusion.io_metrics import evaluate_folder, pair_by_stem, read_grey
 from glfuse.metrics import fusion as M
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -55,7 +55,7 @@ def golden():
     a_dir, b_dir = _source_dirs()
     with open(gdir / "golden_ctmri_harvard.csv", newline="") as fh:
         rows = {r["image"]: {k: float(v) for k, v in r.items() if k != "image"} for r in csv.DictReader(fh)}
-    ours, summary = M.evaluate_folder(
+    ours, summary = evaluate_folder(
         gdir / "fused", a_dir, b_dir, metrics=GOLDEN_METRICS, progress=False, **M.REFERENCE_CONVENTIONS
     )
     ours_by = {r["image"]: r for r in ours}
@@ -276,7 +276,7 @@ def _write_set(tmp_path, names, shape=(48, 52), colour_fused=False):
 
 def test_evaluate_folder(tmp_path):
     dirs = _write_set(tmp_path, ["x1", "x2", "x3"], colour_fused=True)
-    rows, summary = M.evaluate_folder(dirs["fused"], dirs["A"], dirs["B"], metrics=["EN", "MI", "SSIM"],
+    rows, summary = evaluate_folder(dirs["fused"], dirs["A"], dirs["B"], metrics=["EN", "MI", "SSIM"],
                                       progress=False)  # fmt: skip
     assert [r["image"] for r in rows] == ["x1.tif", "x2.tif", "x3.tif"]
     assert summary["n"] == 3 and set(summary["mean"]) == {"EN", "MI", "SSIM"}
@@ -293,10 +293,27 @@ def test_evaluate_folder_unmatched(tmp_path):
     (dirs["fused"] / "q.png").unlink()
     Image.fromarray(np.zeros((48, 52), np.uint8)).save(dirs["fused"] / "extra.png")
     with pytest.raises(ValueError, match=r"unmatched.*extra\.png.*q\.png|unmatched.*q\..*extra"):
-        M.evaluate_folder(dirs["fused"], dirs["A"], dirs["B"], metrics=["EN"], progress=False)
+        evaluate_folder(dirs["fused"], dirs["A"], dirs["B"], metrics=["EN"], progress=False)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        rows, summary = M.evaluate_folder(dirs["fused"], dirs["A"], dirs["B"], metrics=["EN"], strict=False,
+        rows, summary = evaluate_folder(dirs["fused"], dirs["A"], dirs["B"], metrics=["EN"], strict=False,
                                           progress=False)  # fmt: skip
     assert [r["image"] for r in rows] == ["p.png"] and summary["n"] == 1
     assert any("extra.png" in str(w.message) and "q.png" in str(w.message) for w in rec)
+
+
+def test_summary_of_non_finite_values_has_notes_and_no_numpy_warning():
+    from glfuse.fusion.io_metrics import summarise
+
+    rows = [{"image": "a", "PSNR": math.inf, "EN": 1.0, "VIF": math.nan},
+            {"image": "b", "PSNR": 30.0, "EN": 3.0, "VIF": math.nan},
+            {"image": "c", "PSNR": math.inf, "EN": 2.0, "VIF": math.nan}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = summarise(rows)
+    assert s["mean"]["EN"] == 2.0 and s["std"]["EN"] == pytest.approx(np.std([1, 3, 2]))
+    assert s["mean"]["PSNR"] == math.inf and math.isnan(s["std"]["PSNR"])
+    assert math.isnan(s["mean"]["VIF"]) and math.isnan(s["std"]["VIF"])
+    assert [n.split(":")[0] for n in s["notes"]] == ["PSNR", "VIF"]
+    same = summarise([{"image": "a", "PSNR": math.inf}, {"image": "b", "PSNR": math.inf}])
+    assert same["mean"]["PSNR"] == math.inf and same["std"]["PSNR"] == 0.0 and same["notes"] == []

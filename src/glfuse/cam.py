@@ -179,7 +179,7 @@ def save_cam_figure(path: str | Path, image: Any, maps: Mapping[str, Any], *, ti
     import numpy as np
     from matplotlib.figure import Figure
 
-    from glfuse.checkpoint import atomic_write
+    from glfuse.files import atomic_write
 
     img = torch.as_tensor(np.asarray(image, dtype=np.float32)) if not isinstance(image, torch.Tensor) else image
     base = overlay(img, torch.zeros(img.shape[-2:] if img.ndim == 3 and img.shape[0] in (1, 3) else img.shape[:2]),

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from glfuse.files import atomic_write, save_json  # noqa: F401 - re-exported (they used to live here)
 
 __all__ = [
     "atomic_write",
@@ -34,64 +34,6 @@ __all__ = [
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-
-
-def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
-    """Call ``writer(tmp_path)`` then atomically rename the temporary file to ``path``.
-
-    A failed write leaves ``path`` as it was and no temporary file; it raises ``OSError`` naming ``path`` and the
-    cause (e.g. "No space left on device"), also when the writer is torch's serializer, whose own message is an
-    internal assertion."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        try:
-            writer(tmp)
-        except OSError as e:
-            raise OSError(e.errno, f"{path}: cannot write ({e.strerror or e})") from e
-        except RuntimeError as e:  # torch.save reports a full disk as "[enforce fail at inline_container.cc...]"
-            if "enforce fail" not in str(e) and "write" not in str(e).lower():
-                raise
-            import errno
-            import shutil
-
-            full = shutil.disk_usage(path.parent).free < (1 << 20)
-            code = errno.ENOSPC if full else errno.EIO
-            raise OSError(code, f"{path}: cannot write ({'no space left on device' if full else str(e).splitlines()[0]})"
-                          ) from e
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def save_json(obj: Any, path: str | Path) -> Path:
-    """Write JSON atomically (indent 2)."""
-
-    def w(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, default=_json_default)
-            f.write("\n")
-
-    return atomic_write(path, w)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if hasattr(o, "item"):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -170,7 +112,10 @@ def load_model(model_dir: str | Path, map_location: str | torch.device = "cpu") 
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: weights file not found")
     model = create_model(cfg["arch"], **cfg.get("model_args", {}))
-    sd = load_file(str(weights), device=str(map_location))
+    try:
+        sd = load_file(str(weights), device=str(map_location))
+    except Exception as e:  # noqa: BLE001 - SafetensorError (truncated/corrupt) names no file
+        raise ValueError(f"{weights}: not a readable safetensors file ({' '.join(str(e).split())})") from None
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(

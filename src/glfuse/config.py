@@ -269,10 +269,9 @@ def build_config(cls: type[T], preset: str | Path | None = None, overrides: list
 
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically)."""
-    from glfuse.checkpoint import atomic_write
+    from glfuse.files import write_text
 
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def config_source(config: str | Path | None, run_dir: str | Path | None, resume: bool, default: str | None = None,

@@ -29,7 +29,6 @@ metric — plain types only), ``log.csv``, ``log.json`` and ``summary.json``.
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 import os
 import random
@@ -830,15 +829,7 @@ def _gather_rng() -> list[dict[str, Any]]:
 
 
 def _write_logs(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    from glfuse.checkpoint import atomic_write
+    from glfuse.files import write_csv
 
     save_json(history, run_dir / "log.json")
-    keys = list(dict.fromkeys(k for row in history for k in row))
-
-    def w(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=keys)
-            wr.writeheader()
-            wr.writerows(history)
-
-    atomic_write(run_dir / "log.csv", w)
+    write_csv(run_dir / "log.csv", history)

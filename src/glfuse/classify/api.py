@@ -13,7 +13,6 @@ training-time eval transform. Nothing is overwritten unless ``overwrite=True``.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -315,8 +314,8 @@ def evaluate(model_dir: str | Path, out_dir: str | Path, *, data: str | Path | N
     by default the run's own ``config.yaml`` section ``data.<split>``. Returns the metrics dict (plus ``params``,
     ``gflops``, ``table``).
     """
-    from glfuse.checkpoint import save_json
     from glfuse.engine import evaluate as run_eval
+    from glfuse.files import all_or_nothing, save_json, write_text
     from glfuse.metrics.classification import classification_metrics, format_table_row, save_classification_report
     from glfuse.profile import count_params, model_summary
 
@@ -340,10 +339,14 @@ def evaluate(model_dir: str | Path, out_dir: str | Path, *, data: str | Path | N
     name = mcfg["arch"]
     table = format_table_row(metrics, name, params, gflops)
     extra = {"model_dir": str(mdir), "arch": name, "data": where, "split": split, "params": params, "gflops": gflops}
-    save_classification_report(metrics, out_dir, classes, title=f"{name} — {where}", extra=extra, overwrite=overwrite)
-    _write_predictions(out_dir / "predictions.csv", ds.paths, outputs["probs"], classes, outputs["targets"])
-    save_json({"table": table}, out_dir / "table.json")
-    (out_dir / "table.md").write_text(table + "\n")
+    report = [out_dir / f for f in ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png",
+                                     "predictions.csv", "table.json", "table.md")]
+    with all_or_nothing(report):  # a failed write (e.g. disk full) leaves no half report
+        save_classification_report(metrics, out_dir, classes, title=f"{name} — {where}", extra=extra,
+                                   overwrite=overwrite)
+        _write_predictions(out_dir / "predictions.csv", ds.paths, outputs["probs"], classes, outputs["targets"])
+        save_json({"table": table}, out_dir / "table.json")
+        write_text(out_dir / "table.md", table + "\n")
     if print_row:
         print(table)
     return {**metrics, "params": params, "gflops": gflops, "table": table}
@@ -351,36 +354,31 @@ def evaluate(model_dir: str | Path, out_dir: str | Path, *, data: str | Path | N
 
 def _write_predictions(path: Path, paths: list[Path], probs: torch.Tensor, classes: list[str],
                        targets: torch.Tensor | None = None) -> None:
-    from glfuse.checkpoint import atomic_write
+    from glfuse.files import write_csv
 
     pred = probs.argmax(1)
-
-    def w(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            wr = csv.writer(f)
-            head = ["path", "pred", "pred_name"] + [f"prob_{c}" for c in classes]
-            if targets is not None:
-                head[1:1] = ["target"]
-            wr.writerow(head)
-            for i, p in enumerate(paths):
-                row = [str(p), int(pred[i]), classes[int(pred[i])]] + [f"{float(v):.6f}" for v in probs[i]]
-                if targets is not None:
-                    row[1:1] = [int(targets[i])]
-                wr.writerow(row)
-
-    atomic_write(path, w)
+    head = ["path", "pred", "pred_name"] + [f"prob_{c}" for c in classes]
+    if targets is not None:
+        head[1:1] = ["target"]
+    rows = []
+    for i, p in enumerate(paths):
+        row = [str(p), int(pred[i]), classes[int(pred[i])]] + [f"{float(v):.6f}" for v in probs[i]]
+        if targets is not None:
+            row[1:1] = [int(targets[i])]
+        rows.append(row)
+    write_csv(path, rows, header=head)
 
 
 # ------------------------------------------------------------------------------------------------------------ predict
 def _gather_inputs(inputs: list[str | Path] | str | Path) -> list[Path]:
-    from glfuse.data.images import list_images
+    from glfuse.data.images import IMAGE_EXTENSIONS, list_images
 
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     files: list[Path] = []
     for it in items:
         p = Path(it).expanduser()
         if p.is_dir():
-            found = list_images(p)
+            found = list_images(p, IMAGE_EXTENSIONS, recursive=True)
             if not found:
                 raise ValueError(f"{p}: no images found")
             files += found

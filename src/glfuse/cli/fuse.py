@@ -42,11 +42,7 @@ def _volume_args(r: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_NORM})")
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("fuse", help="multimodal image fusion (MACTFusion, classical) and fusion metrics",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    fsub = p.add_subparsers(dest="fuse_command", metavar="SUBCOMMAND", required=True)
-
+def _add_run_parser(fsub) -> None:
     r = fsub.add_parser("run", help="fuse an image pair or two folders of pairs", description=EPILOG)
     r.add_argument("--model", required=True,
                    help="model folder (convert-official / training output), registered name with --weights, or a "
@@ -60,6 +56,12 @@ def add_parser(sub) -> None:
     r.add_argument("--a-is", default="mri", help="modality of --a: mri (default) or ct/pet/spect (then --b is the MRI)")
     r.add_argument("--resize", action="store_true", help="resize --b to --a's size when they differ (else an error)")
     r.add_argument("--overwrite", action="store_true", help="replace existing output images")
+    r.add_argument("--resume", action="store_true",
+                   help="continue a run stopped part-way: keep the complete outputs, fuse the missing ones")
+    r.add_argument("--strict-inputs", action="store_true",
+                   help="fail instead of repairing inputs (NaN/inf set to 0, middle slice of a 3-D NIfTI)")
+    r.add_argument("--slice", type=int, default=None, dest="slice_index",
+                   help="slice of 3-D NIfTI inputs (last axis; default the middle one, with a warning) or DICOM frame")
     r.add_argument("--minmax", action="store_true",
                    help="official test.py saving (min-max stretch, truncation); only to reproduce official files")
     r.add_argument("--ext", default=".png", help="output extension (default .png)")
@@ -68,6 +70,14 @@ def add_parser(sub) -> None:
     add_common(r)
     _volume_args(r)
     r.set_defaults(func=cmd_run)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("fuse", help="multimodal image fusion (MACTFusion, classical) and fusion metrics",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fsub = p.add_subparsers(dest="fuse_command", metavar="SUBCOMMAND", required=True)
+
+    _add_run_parser(fsub)
 
     c = fsub.add_parser("convert-official", help="convert an official checkpoint into a glfuse model folder",
                         description="load_official + save_model (model.safetensors + config.json with the fusion "
@@ -93,6 +103,7 @@ def add_parser(sub) -> None:
     m.add_argument("--reference", action="store_true",
                    help="use the CDDFuse reference evaluator's conventions (PSNR peak = max F, SSIM data_range 2)")
     m.add_argument("--allow-unmatched", action="store_true", help="skip (and list) names not in all three folders")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing metrics report in the output folder")
     add_common(m, device=False)
     m.set_defaults(func=cmd_metrics)
 
@@ -170,9 +181,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_volume(args)
     recs = fuse_folder(args.model, args.a, args.b, args.output, a_is=args.a_is, weights=args.weights,
                        resize=args.resize, overwrite=args.overwrite, minmax=args.minmax, ext=args.ext,
-                       allow_unmatched=args.allow_unmatched, device=args.device, progress=progress(args))
-    n_col = sum(r["colour"] for r in recs)
-    Console(stderr=True).print(f"fused {len(recs)} pair(s) ({n_col} colour) into {args.output}")
+                       allow_unmatched=args.allow_unmatched, resume=args.resume, strict_inputs=args.strict_inputs,
+                       slice_index=args.slice_index, device=args.device, progress=progress(args))
+    n_col = sum(r.get("colour", False) for r in recs)
+    kept = sum("skipped" in r for r in recs)
+    Console(stderr=True).print(f"fused {len(recs) - kept} pair(s) ({n_col} colour) into {args.output}"
+                               + (f"; kept {kept} existing" if kept else ""))
     return 0
 
 
@@ -224,13 +238,14 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from glfuse.fusion.compare import COLOUR_NOTE, _fmt, evaluate_fused_folder, write_metric_outputs
+    from glfuse.fusion.compare import COLOUR_NOTE, _fmt, evaluate_fused_folder, metric_output_paths, write_metric_outputs
 
     out = Path(args.output) if args.output else Path(args.fused) / "metrics"
+    metric_output_paths(out, overwrite=args.overwrite)  # before any work
     rows, summary = evaluate_fused_folder(args.fused, args.a, args.b, metrics=_metric_list(args.metrics),
                                           strict=not args.allow_unmatched, **_conventions(args.reference))
     paths = write_metric_outputs(out, rows, summary, title="Fusion metrics",
-                                 sources={"fused": args.fused, "A": args.a, "B": args.b})
+                                 sources={"fused": args.fused, "A": args.a, "B": args.b}, overwrite=args.overwrite)
     table = Table(title=f"fusion metrics: {args.fused} ({summary['n']} images)", caption=COLOUR_NOTE)
     table.add_column("metric")
     table.add_column("mean", justify="right")

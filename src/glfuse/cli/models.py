@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from glfuse.checkpoint import save_json
+    from glfuse.files import save_json
     from glfuse.profile import model_summary
     from glfuse.registry import list_models
 

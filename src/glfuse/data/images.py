@@ -4,8 +4,9 @@ All three produce an :class:`ImageDataset` — a list of ``(path, label)`` items
 PIL, converts any mode (RGB, RGBA, L, P, I;16, ...) to RGB (or L when ``in_chans=1``), accepts any size, and applies a
 transform (see :mod:`glfuse.data.transforms`). ``dataset[i]`` is ``(image, label)``.
 
-Every file is checked when the dataset is built (PIL ``open`` + ``verify``: reads headers/chunks, does not decode), so a
-corrupt or unreadable image fails before training starts, with its path. By default that is an error; with
+Every file is decoded completely when the dataset is built (PIL ``load()``, what training will decode: ``verify()``
+would let a truncated JPEG through), so a corrupt, truncated or too large image (pixel limit,
+:func:`glfuse.data.image_io.max_pixels`) fails before training starts, with its path. By default that is an error; with
 ``skip_bad=True`` bad files are left out and a warning lists them.
 
 Sources:
@@ -32,6 +33,9 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from glfuse.data.image_io import check_image, list_images, open_pil
+from glfuse.files import display_path
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageDataset",
@@ -50,54 +54,41 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".
 def load_image(path: str | Path, in_chans: int = 3):
     """Decode an image with PIL and convert it to ``RGB`` (``in_chans=3``) or ``L`` (``in_chans=1``).
 
-    Transparent images are composited on black. Raises ``ValueError`` naming the file when it cannot be decoded.
+    Transparent images are composited on black; 16-bit/32-bit/float grey is min–max stretched to 8 bits. Raises
+    ``ValueError`` naming the file when it cannot be decoded or exceeds the pixel limit
+    (:func:`glfuse.data.image_io.max_pixels`).
     """
     from PIL import Image
 
     if in_chans not in (1, 3):
         raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                import numpy as np
+    with open_pil(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            import numpy as np
 
-                arr = np.asarray(im, dtype=np.float64)
-                lo, hi = float(arr.min()), float(arr.max())
-                arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-                im = Image.fromarray(arr.astype(np.uint8), mode="L")
-            if im.mode == "P":
-                im = im.convert("RGBA")
-            if im.mode in ("RGBA", "LA", "PA"):
-                bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
-                im = Image.alpha_composite(bg, im.convert("RGBA"))
-            return im.convert("RGB" if in_chans == 3 else "L")
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ValueError(f"{path}: cannot read image ({e})") from e
-
-
-def _verify(path: Path) -> str | None:
-    """None if PIL can open and verify ``path``; otherwise the reason."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except Exception as e:  # noqa: BLE001 - any decoder error means a bad file
-        return f"{type(e).__name__}: {e}"
-    return None
+            arr = np.asarray(im, dtype=np.float64)
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+            im = Image.fromarray(arr.astype(np.uint8), mode="L")
+        if im.mode == "P":
+            im = im.convert("RGBA")
+        if im.mode in ("RGBA", "LA", "PA"):
+            bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
+            im = Image.alpha_composite(bg, im.convert("RGBA"))
+        return im.convert("RGB" if in_chans == 3 else "L")
 
 
 def check_images(paths: Sequence[str | Path], skip_bad: bool = False) -> list[bool]:
-    """Verify every image cheaply; returns a keep-mask. Bad files raise ``ValueError`` (listing them) unless
-    ``skip_bad``, which warns with the list instead."""
+    """Decode every image completely (as training will); returns a keep-mask. Bad files (corrupt, truncated, too
+    large) raise ``ValueError`` listing them unless ``skip_bad``, which warns with the list instead."""
     bad: list[tuple[str, str]] = []
     keep = []
     for p in paths:
-        why = _verify(Path(p)) if Path(p).is_file() else "file not found"
+        why = check_image(p)
         keep.append(why is None)
         if why is not None:
-            bad.append((str(p), why))
+            bad.append((display_path(p), why))
     if bad:
         listing = "; ".join(f"{p} ({why})" for p, why in bad[:20]) + (f"; ... {len(bad) - 20} more" if len(bad) > 20 else "")
         if not skip_bad:
@@ -155,15 +146,6 @@ class ImageDataset(Dataset):
         return f"ImageDataset({len(self)} images, classes={self.class_names})"
 
 
-def list_images(folder: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS, recursive: bool = True) -> list[Path]:
-    """Image files under ``folder`` (sorted, hidden files skipped, extensions case-insensitive)."""
-    folder = Path(folder)
-    exts = {e.lower() for e in extensions}
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in it if p.is_file() and p.suffix.lower() in exts
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
 def image_folder(root: str | Path, transform: Callable | None = None, *, class_names: Sequence[str] | None = None,
                  in_chans: int = 3, skip_bad: bool = False, extensions: Sequence[str] = IMAGE_EXTENSIONS,
                  ) -> ImageDataset:
@@ -186,7 +168,7 @@ def image_folder(root: str | Path, transform: Callable | None = None, *, class_n
     for y, c in enumerate(class_names):
         if not (root / c).is_dir():
             continue
-        files = list_images(root / c, extensions)
+        files = list_images(root / c, extensions, recursive=True)
         if not files and c in subdirs:
             raise ValueError(f"{root / c}: class folder holds no images ({', '.join(extensions)})")
         items += [(p, y) for p in files]

@@ -78,19 +78,13 @@ def make_kfold(items: Sequence[Any], labels: Sequence[Hashable], k: int = 5, see
 
 
 def _write_csv(rows: Sequence[tuple[Any, Any]], path: Path, relative_to: Path | None, header: Sequence[str]) -> None:
-    from glfuse.checkpoint import atomic_write
+    from glfuse.files import write_csv
 
-    def w(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            wr = csv.writer(f)
-            wr.writerow(header)
-            for item, lab in rows:
-                s = str(item)
-                if relative_to is not None and Path(s).is_absolute():
-                    s = os.path.relpath(s, relative_to)
-                wr.writerow([s, lab])
+    def rel(item: Any) -> str:
+        s = str(item)
+        return os.path.relpath(s, relative_to) if relative_to is not None and Path(s).is_absolute() else s
 
-    atomic_write(path, w)
+    write_csv(path, [[rel(item), lab] for item, lab in rows], header=header)
 
 
 def write_split_csvs(splits: Mapping[str, Sequence[tuple[Any, Any]]], out_dir: str | Path, *, overwrite: bool = False,

@@ -16,7 +16,7 @@ Grey inputs enter as ``Y(g, g, g)`` (float32), exactly what the official code co
 3 channels (it differs from ``g`` by at most one float32 step).
 
 The returned image is float32 in [0, 1] (``clamp=True``, default), ``HxW`` for grey pairs and ``HxWx3`` for colour
-pairs; :func:`glfuse.fusion.io.save_image` writes it with the 8-bit rule ``rint(clip(x,0,1)·255)``.
+pairs; :func:`glfuse.data.image_io.save_image` writes it with the 8-bit rule ``rint(clip(x,0,1)·255)``.
 ``clamp=False`` returns the raw network output (the fused Y may leave [0, 1]; the official net ends in LeakyReLU).
 
 ``model`` may be an ``nn.Module`` taking ``(vis_y, ir)`` as ``[B,1,H,W]``; a saved model folder
@@ -27,6 +27,7 @@ classical method name (``average``, ``max``, ``laplacian``, ``dwt``).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,15 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from glfuse.fusion.io import (
-    pair_folders,
-    read_pair,
-    resize_to,
-    rgb_to_y,
-    rgb_to_ycbcr,
-    save_image,
-    ycbcr_to_rgb,
-)
+from glfuse.data.color import rgb_to_y, rgb_to_ycbcr, to_y, ycbcr_to_rgb
+from glfuse.data.image_io import image_stem, pair_folders, read_pair, resize_to, save_image
 
 __all__ = ["CLASSICAL_METHODS", "MRI_NAMES", "OTHER_NAMES", "Fuser", "fuse_folder", "fuse_images", "load_fusion_model"]
 
@@ -218,11 +212,6 @@ def _as_image(x: Any, name: str) -> tuple[np.ndarray, bool]:
     return arr, colour
 
 
-def _grey_y(g: np.ndarray) -> np.ndarray:
-    # Y of the grey image replicated to 3 channels: what the official code fed the network for a grey "vis" file
-    return rgb_to_y(np.repeat(g[..., None], 3, axis=-1))
-
-
 def fuse_images(
     model: Any,
     a: Any,
@@ -272,16 +261,15 @@ def _fuse_mapped(fuser: Fuser, mri: np.ndarray, mri_col: bool, oth: np.ndarray, 
         fy = fuser.fuse_y(y, ir)
         rgb = ycbcr_to_rgb(fy, cb, cr)
         return np.clip(rgb, 0, 1).astype(np.float32) if clamp else rgb
-    # grey pair: the modality the network was trained to take as vis goes first (recorded in its config.json)
+    # grey pair: the modality the network was trained to take as vis goes first (recorded in its config.json);
+    # a grey vis enters as Y(g, g, g), as in training
     vis, ir = (mri, oth) if fuser.vis_is_mri else (oth, mri)
-    fy = fuser.fuse_y(_grey_y(vis), ir)
+    fy = fuser.fuse_y(to_y(vis), ir)
     return np.clip(fy, 0, 1).astype(np.float32) if clamp else fy.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------- folders
 def _pairs_for(a: str | Path, b: str | Path, allow_unmatched: bool) -> list[tuple[str, Path, Path]]:
-    from glfuse.fusion.io import image_stem
-
     a, b = Path(a), Path(b)
     if a.is_file() and b.is_file():
         return [(image_stem(a), a, b)]
@@ -291,6 +279,61 @@ def _pairs_for(a: str | Path, b: str | Path, allow_unmatched: bool) -> list[tupl
         if not p.exists():
             raise FileNotFoundError(f"{p}: not found")
     raise ValueError(f"--a {a} and --b {b} must both be image files or both be folders")
+
+
+def _plan_outputs(pairs: list[tuple[str, Path, Path]], out_dir: Path, ext: str, *, overwrite: bool,
+                  resume: bool) -> tuple[list[Path], set[str]]:
+    """Output paths of ``pairs`` and the stems to skip (``resume``: outputs that exist and decode completely)."""
+    from glfuse.data.image_io import check_image
+
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other (resume keeps finished outputs, overwrite "
+                         "replaces them)")
+    targets = [out_dir / f"{stem}{ext}" for stem, _, _ in pairs]
+    existing = [t for t in targets if t.exists()]
+    if existing and not (overwrite or resume):
+        shown = ", ".join(t.name for t in existing[:5]) + (f" … (+{len(existing) - 5} more)" if len(existing) > 5 else "")
+        raise FileExistsError(f"{out_dir}: {len(existing)} output(s) exist already ({shown}); pass --resume to keep "
+                              f"them and fuse the rest, or --overwrite (overwrite=True) to replace them")
+    done = {t.name[: -len(ext)] for t in existing if resume and check_image(t) is None}
+    return targets, done
+
+
+def _write_record(out_dir: Path, fuser: Fuser, head: dict[str, Any], records: list[dict[str, Any]],
+                  error: BaseException | None = None) -> None:
+    from glfuse.files import save_json
+
+    doc = {
+        "model": fuser.name, "kind": fuser.kind,
+        "model_config": {k: v for k, v in fuser.config.items() if k in ("arch", "model_args", "fusion", "source")},
+        **head,
+        "mapping": "grey pair: vis_y = MRI (as Y of 3 grey channels), ir = other; colour pair: vis_y = BT.601 Y of the "
+                   "colour image, ir = MRI, Cb/Cr of the colour image put back (spec decision 3)",
+        "saving": "minmax stretch over the image, x255, truncate (official test.py rule)" if head["minmax"]
+        else "uint8 = rint(clip(x, 0, 1) * 255); grey pairs saved grey, colour pairs RGB",
+        "complete": error is None, "images": records,
+    }
+    if error is not None:
+        doc["error"] = " ".join(str(error).split()) or type(error).__name__
+    save_json(doc, out_dir / "fusion.json")
+
+
+def _fuse_one(fuser: Fuser, pa: Path, pb: Path, target: Path, a_mri: bool, read_kw: dict[str, Any],
+              minmax: bool) -> dict[str, Any]:
+    import time
+
+    ra, rb = read_pair(pa, pb, **read_kw)
+    mri, oth = (ra, rb) if a_mri else (rb, ra)
+    t0 = time.perf_counter()
+    fused = _fuse_mapped(fuser, mri[0], mri[1], oth[0], oth[1], clamp=False)
+    dt = time.perf_counter() - t0
+    save_image(target, fused, minmax=minmax)
+    rec: dict[str, Any] = {"a": str(pa), "b": str(pb), "output": str(target), "colour": bool(fused.ndim == 3),
+                           "seconds": round(dt, 4)}
+    notes = {k: [n["what"] for n in r.notes] for k, r in (("a", ra), ("b", rb)) if r.notes}
+    if notes:
+        rec["input_notes"] = notes  # how the inputs were changed on reading (stretch, NaN repaired, slice taken)
+    return rec
 
 
 def fuse_folder(
@@ -303,9 +346,12 @@ def fuse_folder(
     weights: str | Path | None = None,
     resize: bool = False,
     overwrite: bool = False,
+    resume: bool = False,
     minmax: bool = False,
     ext: str = ".png",
     allow_unmatched: bool = False,
+    strict_inputs: bool = False,
+    slice_index: int | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
 ) -> list[dict[str, Any]]:
@@ -313,56 +359,48 @@ def fuse_folder(
     ``out_dir/<name><ext>``. Grey pairs give grey files, colour pairs RGB; 8-bit rule ``rint(clip(x,0,1)·255)``
     (``minmax=True``: the official stretch, for reproducing official files only).
 
-    Existing outputs are never replaced unless ``overwrite=True`` (checked for all pairs before anything runs).
-    Returns one record per pair (name, sources, output, colour, seconds). A ``fusion.json`` describing the run (model,
-    mapping, saving rule) is written next to the images.
+    Existing outputs are never replaced unless ``overwrite=True`` (checked for all pairs before anything runs);
+    ``resume=True`` keeps the outputs that exist and decode completely and fuses the rest (a run stopped part-way).
+    Inputs changed on reading (NaN/inf set to 0, the middle slice of a 3-D NIfTI, min–max stretch) are warned about
+    and recorded per image in ``fusion.json`` (``input_notes``); ``strict_inputs=True`` makes the repairs errors,
+    ``slice_index`` picks the NIfTI slice / DICOM frame. ``fusion.json`` (model, mapping, saving rule, one record per
+    pair) is written next to the images — also when a pair fails, then with ``"complete": false`` and the error.
+    Returns the records of this call's pairs (name, sources, output, colour, seconds; ``skipped`` for kept outputs).
     """
-    import time
-
-    from glfuse.checkpoint import save_json
     from glfuse.engine import progress_bar
+    from glfuse.files import make_dir
     from glfuse.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()  # inference only: no fragmentation cost here (see glfuse.runtime)
-    fuser = load_fusion_model(model, weights=weights, device=device)
-    pairs = _pairs_for(a, b, allow_unmatched)
-    out_dir = Path(out_dir)
-    if not ext.startswith("."):
-        ext = "." + ext
-    targets = [out_dir / f"{stem}{ext}" for stem, _, _ in pairs]
-    existing = [t.name for t in targets if t.exists()]
-    if existing and not overwrite:
-        shown = ", ".join(existing[:5]) + (f" … (+{len(existing) - 5} more)" if len(existing) > 5 else "")
-        raise FileExistsError(f"{out_dir}: {len(existing)} output(s) exist already ({shown}); pass --overwrite "
-                              f"(overwrite=True) to replace them")
     key = a_is.lower()
     if key not in MRI_NAMES + OTHER_NAMES:
         raise ValueError(f"a_is must be one of {MRI_NAMES + OTHER_NAMES}, got {a_is!r}")
-    a_mri = key in MRI_NAMES
-    out_dir.mkdir(parents=True, exist_ok=True)
+    fuser = load_fusion_model(model, weights=weights, device=device)
+    pairs = _pairs_for(a, b, allow_unmatched)
+    out_dir = Path(out_dir)
+    ext = ext if ext.startswith(".") else "." + ext
+    targets, done = _plan_outputs(pairs, out_dir, ext, overwrite=overwrite, resume=resume)
+    read_kw = {"resize": resize, "strict": strict_inputs, "slice_index": slice_index}
+    head = {"a": str(a), "b": str(b), "a_is": a_is, "resize": resize, "minmax": minmax, "strict_inputs": strict_inputs,
+            "slice_index": slice_index}
+    make_dir(out_dir)
     records: list[dict[str, Any]] = []
     with progress_bar(progress) as bar:
         job = bar.add_task("fuse " + fuser.name, total=len(pairs), info="")
         for (stem, pa, pb), target in zip(pairs, targets):
-            (a_arr, a_col), (b_arr, b_col) = read_pair(pa, pb, resize=resize)
-            mri, oth = ((a_arr, a_col), (b_arr, b_col)) if a_mri else ((b_arr, b_col), (a_arr, a_col))
-            t0 = time.perf_counter()
-            fused = _fuse_mapped(fuser, mri[0], mri[1], oth[0], oth[1], clamp=False)
-            dt = time.perf_counter() - t0
-            save_image(target, fused, minmax=minmax)
-            records.append({"name": stem, "a": str(pa), "b": str(pb), "output": str(target),
-                            "colour": bool(fused.ndim == 3), "seconds": round(dt, 4)})
-            bar.update(job, advance=1, info=f"{stem}  {dt:.2f}s")
-    save_json({
-        "model": fuser.name, "kind": fuser.kind,
-        "model_config": {k: v for k, v in fuser.config.items() if k in ("arch", "model_args", "fusion", "source")},
-        "a": str(a), "b": str(b), "a_is": a_is,
-        "mapping": "grey pair: vis_y = MRI (as Y of 3 grey channels), ir = other; colour pair: vis_y = BT.601 Y of the "
-                   "colour image, ir = MRI, Cb/Cr of the colour image put back (spec decision 3)",
-        "saving": "minmax stretch over the image, x255, truncate (official test.py rule)" if minmax
-        else "uint8 = rint(clip(x, 0, 1) * 255); grey pairs saved grey, colour pairs RGB",
-        "resize": resize, "images": records,
-    }, out_dir / "fusion.json")
+            if stem in done:
+                records.append({"name": stem, "a": str(pa), "b": str(pb), "output": str(target),
+                                "skipped": "existing complete output kept (resume)"})
+            else:
+                try:
+                    rec = _fuse_one(fuser, pa, pb, target, key in MRI_NAMES, read_kw, minmax)
+                except BaseException as e:
+                    with contextlib.suppress(Exception):  # the record must not hide the error (e.g. disk full)
+                        _write_record(out_dir, fuser, head, records, error=e)
+                    raise
+                records.append({"name": stem, **rec})
+            bar.update(job, advance=1, info=f"{stem}  {records[-1].get('seconds', 0):.2f}s")
+    _write_record(out_dir, fuser, head, records)
     if not records:
         warnings.warn(f"no pairs fused into {out_dir}", stacklevel=2)
     return records

@@ -6,12 +6,13 @@ Every output states the metric conventions (:func:`glfuse.metrics.fusion.describ
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from glfuse.files import all_or_nothing, make_dir, save_json, write_csv, write_text
 
 __all__ = [
     "compare_methods",
@@ -19,6 +20,7 @@ __all__ = [
     "markdown_table",
     "parse_methods",
     "save_grid",
+    "metric_output_paths",
     "write_metric_outputs",
 ]
 
@@ -39,31 +41,12 @@ def _fmt(v: float, digits: int = 4) -> str:
     return f"{v:.{digits}f}"
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    from glfuse.checkpoint import atomic_write
-
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-
-    def w(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=keys)
-            wr.writeheader()
-            wr.writerows(rows)
-
-    atomic_write(path, w)
-
-
-def _write_text(path: Path, text: str) -> None:
-    from glfuse.checkpoint import atomic_write
-
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
 def evaluate_fused_folder(fused_dir: str | Path, a_dir: str | Path, b_dir: str | Path, *,
                           metrics: list[str] | None = None, strict: bool = True, progress: bool = True,
                           **conventions: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Per-image metrics and ``{"n", "mean", "std", "conventions"}`` (see :func:`glfuse.metrics.fusion.evaluate_folder`)."""
-    from glfuse.metrics.fusion import evaluate_folder
+    """Per-image metrics and ``{"n", "mean", "std", "conventions", "notes"}`` (see
+    :func:`glfuse.fusion.io_metrics.evaluate_folder`)."""
+    from glfuse.fusion.io_metrics import evaluate_folder
 
     for d in (fused_dir, a_dir, b_dir):
         if not Path(d).is_dir():
@@ -84,29 +67,45 @@ def _conventions_md(conv: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_metric_outputs(out_dir: str | Path, rows: list[dict[str, Any]], summary: dict[str, Any], *,
-                         title: str = "Fusion metrics", sources: dict[str, str] | None = None) -> dict[str, Path]:
-    """Write ``per_image.csv``, ``summary.csv`` (metric, mean, std, n), ``summary.md`` and ``conventions.json``."""
-    from glfuse.checkpoint import save_json
+METRIC_OUTPUTS = {"per_image": "per_image.csv", "summary_csv": "summary.csv", "summary_md": "summary.md",
+                  "conventions": "conventions.json"}
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"per_image": out_dir / "per_image.csv", "summary_csv": out_dir / "summary.csv",
-             "summary_md": out_dir / "summary.md", "conventions": out_dir / "conventions.json"}
-    _write_csv(paths["per_image"], rows)
-    names = list(summary["mean"])
-    _write_csv(paths["summary_csv"], [{"metric": k, "mean": summary["mean"][k], "std": summary["std"][k],
-                                       "n": summary["n"]} for k in names])
-    md = [f"# {title}", ""]
-    for k, v in (sources or {}).items():
-        md.append(f"- {k}: `{v}`")
-    md += [f"- images: {summary['n']} (mean ± population std)", ""]
-    md.append(markdown_table(["metric", "mean ± std"],
-                             [[k, f"{_fmt(summary['mean'][k])} ± {_fmt(summary['std'][k])}"] for k in names]))
-    md.append(_conventions_md(summary["conventions"]))
-    _write_text(paths["summary_md"], "\n".join(md))
-    save_json({"colour": COLOUR_NOTE, "conventions": summary["conventions"], "sources": sources or {}},
-              paths["conventions"])
+
+def metric_output_paths(out_dir: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
+    """The files :func:`write_metric_outputs` writes into ``out_dir``; existing ones are an error unless ``overwrite``
+    (call it before evaluating, so nothing is computed for nothing)."""
+    paths = {k: Path(out_dir) / f for k, f in METRIC_OUTPUTS.items()}
+    existing = [p.name for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out_dir}: a metrics report exists already ({', '.join(existing)}); pass --overwrite "
+                              "(overwrite=True) to replace it")
+    return paths
+
+
+def write_metric_outputs(out_dir: str | Path, rows: list[dict[str, Any]], summary: dict[str, Any], *,
+                         title: str = "Fusion metrics", sources: dict[str, str] | None = None,
+                         overwrite: bool = False) -> dict[str, Path]:
+    """Write ``per_image.csv``, ``summary.csv`` (metric, mean, std, n), ``summary.md`` and ``conventions.json``;
+    an existing report is replaced only with ``overwrite=True``."""
+    paths = metric_output_paths(out_dir, overwrite=overwrite)
+    with all_or_nothing(paths.values()):  # the report is written whole or not at all (e.g. disk full)
+        write_csv(paths["per_image"], rows)
+        names = list(summary["mean"])
+        write_csv(paths["summary_csv"], [{"metric": k, "mean": summary["mean"][k], "std": summary["std"][k],
+                                          "n": summary["n"]} for k in names])
+        md = [f"# {title}", ""]
+        for k, v in (sources or {}).items():
+            md.append(f"- {k}: `{v}`")
+        md += [f"- images: {summary['n']} (mean ± population std)", ""]
+        md.append(markdown_table(["metric", "mean ± std"],
+                                 [[k, f"{_fmt(summary['mean'][k])} ± {_fmt(summary['std'][k])}"] for k in names]))
+        notes = summary.get("notes") or []
+        if notes:
+            md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+        md.append(_conventions_md(summary["conventions"]))
+        write_text(paths["summary_md"], "\n".join(md))
+        save_json({"colour": COLOUR_NOTE, "conventions": summary["conventions"], "sources": sources or {}, "notes": notes},
+                  paths["conventions"])
     return paths
 
 
@@ -135,8 +134,8 @@ def _plan_methods(methods: list[tuple[str, str]], pairs: list, out_dir: Path, me
                   overwrite: bool, reuse: bool, device: str | None) -> dict[str, tuple[Path, Any]]:
     """Check every method, metric name and output folder before any pair is fused: ``{label: (fused folder, Fuser or
     None when existing images are used)}``. An unknown method, a missing folder or an output collision fails here."""
+    from glfuse.data.image_io import images_by_stem
     from glfuse.fusion.api import load_fusion_model
-    from glfuse.fusion.io import list_images
     from glfuse.metrics.fusion import METRIC_NAMES
 
     bad = [m for m in metrics or () if m not in METRIC_NAMES]
@@ -155,7 +154,7 @@ def _plan_methods(methods: list[tuple[str, str]], pairs: list, out_dir: Path, me
         except (ValueError, FileNotFoundError, KeyError) as e:
             raise ValueError(f"--methods {label}={target}: {e}") from e
         d = out_dir / "fused" / label
-        have = list_images(d) if d.is_dir() else {}
+        have = images_by_stem(d) if d.is_dir() else {}
         if reuse and not overwrite and have and all(s in have for s, _, _ in pairs):
             plan[label] = (d, None)
         elif have and not overwrite:
@@ -187,9 +186,8 @@ def compare_methods(
     ``conventions.json`` and ``grid.png`` (sources + each method for ``grid_pairs`` pairs).
 
     ``reuse=True`` keeps a method's existing complete fused folder instead of refusing (``overwrite`` re-fuses)."""
-    from glfuse.checkpoint import save_json
+    from glfuse.data.image_io import pair_folders
     from glfuse.fusion.api import fuse_folder
-    from glfuse.fusion.io import pair_folders
 
     out_dir = Path(out_dir)
     pairs = pair_folders(a_dir, b_dir)
@@ -208,10 +206,10 @@ def compare_methods(
         fused_dirs[label] = d
 
     results: dict[str, dict[str, Any]] = {}
-    (out_dir / "per_image").mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir / "per_image")
     for label, d in fused_dirs.items():
         rows, summary = evaluate_fused_folder(d, a_dir, b_dir, metrics=metrics, progress=progress, **conventions)
-        _write_csv(out_dir / "per_image" / f"{label}.csv", rows)
+        write_csv(out_dir / "per_image" / f"{label}.csv", rows)
         results[label] = summary
     names = list(next(iter(results.values()))["mean"])
     csv_rows = []
@@ -221,7 +219,7 @@ def compare_methods(
             row[k] = s["mean"][k]
             row[f"{k}_std"] = s["std"][k]
         csv_rows.append(row)
-    _write_csv(out_dir / "compare.csv", csv_rows)
+    write_csv(out_dir / "compare.csv", csv_rows)
     md = ["# Fusion comparison", "", f"- A (MRI side): `{a_dir}`", f"- B: `{b_dir}`", f"- pairs: {len(pairs)}",
           "- values: mean ± population std over the pairs", ""]
     md += [f"- **{label}**: {notes[label]}" for label in results]
@@ -229,8 +227,11 @@ def compare_methods(
                               [[label, *[f"{_fmt(s['mean'][k])} ± {_fmt(s['std'][k])}" for k in names]]
                                for label, s in results.items()])]
     conv = next(iter(results.values()))["conventions"]
+    data_notes = [f"{label}: {n}" for label, s in results.items() for n in s.get("notes", [])]
+    if data_notes:
+        md += ["## Notes", "", *[f"- {n}" for n in data_notes], ""]
     md.append(_conventions_md(conv))
-    _write_text(out_dir / "compare.md", "\n".join(md))
+    write_text(out_dir / "compare.md", "\n".join(md))
     save_json({"colour": COLOUR_NOTE, "conventions": conv, "methods": notes}, out_dir / "conventions.json")
     grid = None
     if grid_pairs > 0:
@@ -246,11 +247,11 @@ def save_grid(path: str | Path, pairs: list[tuple[str, Path, Path]], fused_dirs:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from glfuse.fusion.io import list_images, read_image
+    from glfuse.data.image_io import images_by_stem, read_image
 
     cols = 2 + len(fused_dirs)
     fig, axes = plt.subplots(len(pairs), cols, figsize=(2.2 * cols, 2.3 * len(pairs)), squeeze=False)
-    listings = {k: list_images(d) for k, d in fused_dirs.items()}
+    listings = {k: images_by_stem(d) for k, d in fused_dirs.items()}
     for r, (stem, pa, pb) in enumerate(pairs):
         panels = [("A " + pa.parent.name, pa), ("B " + pb.parent.name, pb)]
         panels += [(label, listings[label].get(stem)) for label in fused_dirs]

@@ -74,7 +74,7 @@ class FusionConfig:
 # ---------------------------------------------------------------------------------------------------------------- data
 def find_pairs(data: FusionDataConfig) -> list[tuple[str, Path, Path]]:
     """Sorted ``[(stem, vis_path, ir_path)]`` for the configured folders."""
-    from glfuse.fusion.io import pair_folders
+    from glfuse.data.image_io import pair_folders
 
     if (data.vis_dir is None) != (data.ir_dir is None):
         raise ValueError("config keys 'data.vis_dir' and 'data.ir_dir' must be given together")
@@ -103,10 +103,10 @@ def split_pairs(pairs: list, fraction: float, seed: int) -> tuple[list, list]:
 
 
 def _load_y(path: Path) -> np.ndarray:
-    from glfuse.fusion.io import read_image, rgb_to_y
+    from glfuse.data.color import to_y
+    from glfuse.data.image_io import read_image
 
-    arr, colour = read_image(path)
-    return rgb_to_y(arr if colour else np.repeat(arr[..., None], 3, axis=-1))
+    return to_y(read_image(path)[0])  # the same grey -> Y rule as inference (glfuse.fusion.api)
 
 
 class FusionPairDataset(Dataset):

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from glfuse.data.color import to_y
 from glfuse.data.volume_io import (
     DEFAULT_NORM,
     Volume,
@@ -38,7 +39,7 @@ from glfuse.data.volume_io import (
     normalise,
     resample_to,
 )
-from glfuse.fusion.api import MRI_NAMES, OTHER_NAMES, Fuser, _grey_y, load_fusion_model
+from glfuse.fusion.api import MRI_NAMES, OTHER_NAMES, Fuser, load_fusion_model
 
 __all__ = ["fuse_volume_arrays", "fuse_volumes", "output_format", "record_path"]
 
@@ -76,7 +77,7 @@ def _fuse_batch(fuser: Fuser, mri: np.ndarray, oth: np.ndarray) -> np.ndarray:
     The network takes first (vis) the modality it was trained with there (``Fuser.vis_is_mri``)."""
     if not fuser.vis_is_mri:
         mri, oth = oth, mri
-    vis = np.stack([_grey_y(m) for m in mri])
+    vis = np.stack([to_y(m) for m in mri])
     if fuser.module is None:
         return np.stack([fuser.fuse_y(v, o) for v, o in zip(vis, oth)]).astype(np.float32)
     net = fuser.module

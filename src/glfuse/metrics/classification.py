@@ -14,7 +14,6 @@ The prediction is ``argmax(probs)``. A class with no predictions gets precision 
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,7 +120,7 @@ def save_classification_report(metrics: dict[str, Any], out_dir: str | Path, cla
     ``extra`` entries (model name, params, data description, ...) are added to ``metrics.json``. Refuses to replace an
     existing report unless ``overwrite``.
     """
-    from glfuse.checkpoint import atomic_write, save_json
+    from glfuse.files import atomic_write, make_dir, save_json, write_csv
 
     out_dir = Path(out_dir)
     names = list(class_names or metrics.get("class_names") or [])
@@ -132,29 +131,14 @@ def save_classification_report(metrics: dict[str, Any], out_dir: str | Path, cla
         for p in paths.values():
             if p.exists():
                 raise FileExistsError(f"{p} exists; pass --overwrite (overwrite=True) to replace it")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     save_json({**(extra or {}), **metrics}, paths["metrics"])
-
-    def w_per_class(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            wr = csv.writer(f)
-            wr.writerow(["class", "precision", "recall", "f1", "specificity", "auc", "support"])
-            for cname in names:
-                r = metrics["per_class"][cname]
-                wr.writerow([cname, *(("" if r[k] is None else f"{r[k]:.6f}") for k in
-                                      ("precision", "recall", "f1", "specificity", "auc")), r["support"]])
-
-    atomic_write(paths["per_class"], w_per_class)
+    cols = ("precision", "recall", "f1", "specificity", "auc")
+    write_csv(paths["per_class"], [[c, *(("" if metrics["per_class"][c][k] is None else f"{metrics['per_class'][c][k]:.6f}")
+                                         for k in cols), metrics["per_class"][c]["support"]] for c in names],
+              header=["class", *cols, "support"])
     cm = metrics["confusion_matrix"]
-
-    def w_cm(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            wr = csv.writer(f)
-            wr.writerow(["true \\ predicted", *names])
-            for cname, row in zip(names, cm):
-                wr.writerow([cname, *row])
-
-    atomic_write(paths["confusion_csv"], w_cm)
+    write_csv(paths["confusion_csv"], [[c, *row] for c, row in zip(names, cm)], header=["true \\ predicted", *names])
     atomic_write(paths["confusion_png"], lambda tmp: _plot_confusion(cm, names, title, tmp))
     return paths
 

@@ -7,7 +7,8 @@ produced the golden values in ``golden/fusion-metrics``.
 
 Notation: ``a``, ``b`` are the sources (grey, or the Y channel of a colour source), ``f`` is the fused image; all are
 2-D arrays (numpy or torch) on the **0–255 scale**, computed in float64.  A colour image is evaluated on its BT.601 Y
-channel (``to_grey_y``: Y = 0.299 R + 0.587 G + 0.114 B); every output of :func:`evaluate_folder` says so.
+channel (``to_grey_y``, from :mod:`glfuse.data.color`: Y = 0.299 R + 0.587 G + 0.114 B).  Functions here take arrays
+only; folder evaluation (reading files) is :func:`glfuse.fusion.io_metrics.evaluate_folder`.
 
 Definitions (defaults in brackets; "ref" = how the CDDFuse evaluator differs, if at all)
 --------------------------------------------------------------------------------------
@@ -68,12 +69,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from scipy import ndimage
+
+from glfuse.data.color import to_grey_y  # noqa: F401 - re-exported: BT.601 Y of a colour image
 
 __all__ = [
     "CONVENTIONS",
@@ -84,7 +86,6 @@ __all__ = [
     "describe_conventions",
     "en",
     "evaluate",
-    "evaluate_folder",
     "mi",
     "ms_ssim",
     "mse",
@@ -171,6 +172,10 @@ def _as_2d(x: Any, name: str = "image") -> np.ndarray:
         arr = arr.reshape(arr.shape[-2:])
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D grey image (use to_grey_y for colour), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        n_nan = int(np.isnan(arr).sum())
+        raise ValueError(f"{name} image contains {n_nan} NaN and {int((~np.isfinite(arr)).sum()) - n_nan} inf value(s); "
+                         "fusion metrics need finite values")
     return arr
 
 
@@ -188,28 +193,6 @@ def _reduce(values: tuple[float, float], reduction: str) -> float:
     if reduction == "mean":
         return float((values[0] + values[1]) / 2.0)
     raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-
-
-def to_grey_y(img: Any) -> np.ndarray:
-    """BT.601 luma Y = 0.299 R + 0.587 G + 0.114 B as float64, on the input's scale (uint8 → 0–255).
-
-    Accepts H×W (returned as float64), H×W×1, H×W×3 or H×W×4 (alpha ignored); a torch tensor may also be C×H×W
-    (C = 1, 3 or 4, detected when the last axis is not 1/3/4).
-    """
-    if isinstance(img, torch.Tensor):
-        t = img.detach().to("cpu")
-        if t.ndim == 3 and t.shape[-1] not in (1, 3, 4) and t.shape[0] in (1, 3, 4):
-            t = t.permute(1, 2, 0)
-        img = t.to(torch.float64).numpy()
-    arr = np.asarray(img)
-    if arr.ndim == 2:
-        return arr.astype(np.float64)
-    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"expected H×W, H×W×1, H×W×3 or H×W×4 image, got shape {arr.shape}")
-    arr = arr.astype(np.float64)
-    if arr.shape[-1] == 1:
-        return arr[..., 0]
-    return arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
 
 
 def _uint8(x: np.ndarray) -> np.ndarray:
@@ -630,57 +613,3 @@ def evaluate(fused: Any, a: Any, b: Any, *, metrics: Iterable[str] | None = None
             continue
         out[name] = float(_CALLS[name](f, a, b, conv))
     return out
-
-
-def evaluate_folder(
-    fused_dir: str | Path,
-    a_dir: str | Path,
-    b_dir: str | Path,
-    *,
-    metrics: Iterable[str] | None = None,
-    strict: bool = True,
-    progress: bool = True,
-    **conventions: Any,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Evaluate every fused image in ``fused_dir`` against the same-named (by stem) sources in ``a_dir``/``b_dir``.
-
-    Images are read with PIL (PNG/JPG/TIFF/BMP); colour images are converted to BT.601 Y on 0–255.  Names that are
-    not present in all three folders raise ``ValueError`` listing them (``strict=True``) or are listed in a warning
-    and skipped (``strict=False``).  Returns ``(rows, summary)``: one dict per image (``image`` + metric values) and
-    ``{"n", "mean", "std" (population), "conventions"}``.
-    """
-    from glfuse.fusion.io_metrics import pair_by_stem, read_grey
-
-    conv = _resolve(conventions)
-    pairs, unmatched = pair_by_stem(fused_dir, a_dir, b_dir)
-    if unmatched:
-        msg = "unmatched image names (not in all three folders): " + "; ".join(
-            f"{where}: {', '.join(names)}" for where, names in unmatched.items()
-        )
-        if strict:
-            raise ValueError(msg + " (pass strict=False to evaluate the matched ones)")
-        warnings.warn(msg + " — skipped", stacklevel=2)
-    if not pairs:
-        raise ValueError(f"no matched images in {fused_dir}, {a_dir}, {b_dir}")
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    rows: list[dict[str, Any]] = []
-    columns = (TextColumn("[bold]fusion metrics"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task("eval", total=len(pairs))
-        for stem, pf, pa, pb in pairs:
-            f, a, b = read_grey(pf), read_grey(pa), read_grey(pb)
-            if not (f.shape == a.shape == b.shape):
-                raise ValueError(f"{stem}: shapes differ: fused {f.shape}, A {a.shape}, B {b.shape}")
-            rows.append({"image": pf.name, **evaluate(f, a, b, metrics=metrics, **conv)})
-            bar.advance(task)
-
-    keys = [k for k in rows[0] if k != "image"]
-    summary: dict[str, Any] = {
-        "n": len(rows),
-        "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys},
-        "std": {k: float(np.std([r[k] for r in rows])) for k in keys},
-        "conventions": describe_conventions(**conventions),
-    }
-    return rows, summary

@@ -17,6 +17,7 @@ official research checkpoint into one of our models (each system registers its c
 from __future__ import annotations
 
 import fnmatch
+import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,19 @@ def register_official(*names: str) -> Callable[[Callable[..., nn.Module]], Calla
     return deco
 
 
+def _torch_load_safe(path: Path) -> Any:
+    """``torch.load(weights_only=True)``; a refused pickle or a broken file becomes one line naming ``path``."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message is several lines of advice to retry with weights_only=False: never do that here
+        raise ValueError(f"{path} is not a safe checkpoint (it needs arbitrary code to load); re-save its "
+                         "state_dict with torch.save or convert it to safetensors in a trusted environment") from None
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path}: cannot be read as a weights-only torch checkpoint ({first})") from None
+
+
 def read_state_dict(path_or_state_dict: str | Path | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Read a state dict safely from ``.safetensors`` or a torch file (``weights_only=True``), on CPU.
 
@@ -174,12 +188,12 @@ def read_state_dict(path_or_state_dict: str | Path | Mapping[str, torch.Tensor])
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            sd = load_file(str(path), device="cpu")
-        else:
             try:
-                sd = torch.load(str(path), map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001 - re-raised with the file name
-                raise ValueError(f"{path}: cannot be read as a weights-only torch checkpoint ({e})") from e
+                sd = load_file(str(path), device="cpu")
+            except Exception as e:  # noqa: BLE001 - SafetensorError names no file
+                raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})") from None
+        else:
+            sd = _torch_load_safe(path)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
             sd = sd[key]

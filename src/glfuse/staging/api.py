@@ -21,7 +21,6 @@ Everything works on a slice cache from :func:`glfuse.staging.prepare.prepare` an
 from __future__ import annotations
 
 import copy
-import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from glfuse.checkpoint import CONFIG_NAME, atomic_write, load_model, save_json
 from glfuse.config import Range, check_resume_config, config_to_dict, save_config
 from glfuse.engine import TrainConfig, fit, get_device, seed_everything
 from glfuse.engine import evaluate as engine_evaluate
+from glfuse.files import write_csv
 from glfuse.staging.data import SliceCache, StagingSliceDataset, lesion_crop, resize_pair
 from glfuse.staging.prepare import CaseInput, preprocess_case, read_split
 
@@ -353,13 +353,7 @@ def evaluate(model_dir: str | Path, cache: SliceCache | str | Path, split: str |
 
 
 def _write_rows(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    def w(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            wr = csv.writer(f)
-            wr.writerow(header)
-            wr.writerows(rows)
-
-    atomic_write(path, w)
+    write_csv(path, rows, header=header)
 
 
 # -------------------------------------------------------------------------------------------------------------- predict
