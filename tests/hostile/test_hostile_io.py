@@ -16,9 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from glfuse.cli.main import main
-
 from glfuse.cli.common import EXIT_FAILURE as RUNTIME_ERROR  # a one-line runtime error (exit 1)
+from glfuse.cli.main import main
 
 
 def _err_line(capsys) -> str:
