@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glfuse.config import Range
+from glfuse.config import Match, Range
 from glfuse.engine import TrainConfig
 
 __all__ = [
@@ -77,6 +77,8 @@ class DataSection:
     ratio: tuple[Annotated[float, Range(gt=0)], Annotated[float, Range(gt=0)]] = (0.75, 1.3333333333333333)  # aspect
     hflip: Annotated[float, Range(ge=0, le=1)] = 0.5
     skip_bad: bool = False  # leave out unreadable images (with a warning) instead of failing
+    # DICOM/NIfTI slices: "auto" = the DICOM's own WindowCenter/Width (else min-max), "C,W" = a CT window, "none"
+    window: Annotated[str, Match(r"auto|none|-?\d+(\.\d+)?,\d+(\.\d+)?", "auto | none | C,W (e.g. 40,400)")] = "auto"
 
 
 @dataclass
@@ -124,7 +126,12 @@ def _preprocessing(d: DataSection) -> dict[str, Any]:
 
     return {"img_size": d.img_size, "resize_size": d.resize_size or eval_resize_size(d.img_size),
             "in_chans": d.in_chans, "mean": list(d.mean), "std": list(d.std), "interpolation": "bilinear",
-            "normalize_input_range": [0, 1]}
+            "normalize_input_range": [0, 1], "window": d.window}
+
+
+def _window(spec: str | None) -> str | None:
+    """A config/CLI window spec as :func:`glfuse.data.images.load_image` takes it."""
+    return None if spec in (None, "none") else spec
 
 
 def _eval_transform(pre: dict[str, Any]):
@@ -152,13 +159,14 @@ def _dataset(d: DataSection, split: str, train: bool, class_names: list[str] | N
     root = Path(d.root).expanduser() if d.root else None
     kw = {"class_names": class_names, "in_chans": d.in_chans, "skip_bad": d.skip_bad}
     if d.kind == "splitfiles":
-        return split_files(root, split, tf, split_dir=d.split_dir, class_dirs=d.class_dirs or None, **kw)
-    p = Path(split).expanduser()
-    if not p.is_absolute() and root is not None:
-        p = root / p
-    if d.kind == "csv":
-        return image_csv(p, tf, **kw)
-    return image_folder(p, tf, **kw)
+        ds = split_files(root, split, tf, split_dir=d.split_dir, class_dirs=d.class_dirs or None, **kw)
+    else:
+        p = Path(split).expanduser()
+        if not p.is_absolute() and root is not None:
+            p = root / p
+        ds = image_csv(p, tf, **kw) if d.kind == "csv" else image_folder(p, tf, **kw)
+    ds.window = _window(d.window)
+    return ds
 
 
 def build_datasets(cfg: ClassifyConfig, splits: tuple[str, ...] = ("train", "val")) -> dict[str, Any]:
@@ -276,7 +284,14 @@ def _run_config(mdir: Path) -> ClassifyConfig | None:
     return None
 
 
-def _eval_dataset(mcfg: dict[str, Any], mdir: Path, data: str | Path | None, split: str, skip_bad: bool):
+def _eval_dataset(mcfg: dict[str, Any], mdir: Path, data: str | Path | None, split: str, skip_bad: bool,
+                  window: str | None = None):
+    ds, where = _eval_dataset_of(mcfg, mdir, data, split, skip_bad)
+    ds.window = _window(window or mcfg["preprocessing"].get("window", "auto"))
+    return ds, where
+
+
+def _eval_dataset_of(mcfg: dict[str, Any], mdir: Path, data: str | Path | None, split: str, skip_bad: bool):
     from glfuse.data.images import image_csv, image_folder, split_files
 
     classes = list(mcfg["class_names"])
@@ -307,8 +322,11 @@ def _eval_dataset(mcfg: dict[str, Any], mdir: Path, data: str | Path | None, spl
 
 def evaluate(model_dir: str | Path, out_dir: str | Path, *, data: str | Path | None = None, split: str = "test",
              batch_size: int = 32, device: str = "auto", skip_bad: bool = False, overwrite: bool = False,
-             flops: bool = True, progress: bool = True, print_row: bool = True) -> dict[str, Any]:
+             flops: bool = True, progress: bool = True, print_row: bool = True,
+             window: str | None = None) -> dict[str, Any]:
     """Evaluate a saved classifier and write the report to ``out_dir``.
+
+    ``window``: CT window for DICOM/NIfTI slices (``"C,W"``, ``"auto"``, ``"none"``); default: the model's own.
 
     Data: ``data`` (a class-folder tree, a ``path,label`` CSV, or a COVID-CT root with ``Data-split`` + ``split``), or
     by default the run's own ``config.yaml`` section ``data.<split>``. Returns the metrics dict (plus ``params``,
@@ -324,7 +342,7 @@ def evaluate(model_dir: str | Path, out_dir: str | Path, *, data: str | Path | N
     model, mcfg, mdir = load_classifier(model_dir, str(dev))
     if (out_dir / "metrics.json").exists() and not overwrite:
         raise FileExistsError(f"{out_dir / 'metrics.json'} exists; pass --overwrite to replace it")
-    ds, where = _eval_dataset(mcfg, mdir, data, split, skip_bad)
+    ds, where = _eval_dataset(mcfg, mdir, data, split, skip_bad, window)
     classes = list(mcfg["class_names"])
     task = ClassificationTask(classes)
     _, outputs = run_eval(model, task, ds, batch_size=batch_size, device=dev, progress=progress)
@@ -393,9 +411,10 @@ def _gather_inputs(inputs: list[str | Path] | str | Path) -> list[Path]:
 
 def predict(model_dir: str | Path, inputs: list[str | Path] | str | Path, out_csv: str | Path, *, batch_size: int = 32,
             device: str = "auto", skip_bad: bool = False, overwrite: bool = False,
-            progress: bool = True) -> list[dict[str, Any]]:
-    """Class probabilities for images (files and/or folders, searched recursively) → ``out_csv``
-    (``path, pred, pred_name, prob_<class>...``). Returns the rows."""
+            progress: bool = True, window: str | None = None) -> list[dict[str, Any]]:
+    """Class probabilities for images (files and/or folders, searched recursively; PNG/JPEG/TIFF/..., DICOM and NIfTI
+    slices windowed by ``window`` or the model's recorded window) → ``out_csv`` (``path, pred, pred_name,
+    prob_<class>...``). Returns the rows."""
     from glfuse.data.images import ImageDataset
     from glfuse.engine import evaluate as run_eval
 
@@ -408,7 +427,7 @@ def predict(model_dir: str | Path, inputs: list[str | Path] | str | Path, out_cs
     pre = mcfg["preprocessing"]
     files = _gather_inputs(inputs)
     ds = ImageDataset([(p, -1) for p in files], classes, _eval_transform(pre), in_chans=pre["in_chans"],
-                      skip_bad=skip_bad)
+                      skip_bad=skip_bad, window=_window(window or pre.get("window", "auto")))
 
     class _NoMetrics(ClassificationTask):
         def compute_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -426,7 +445,7 @@ def predict(model_dir: str | Path, inputs: list[str | Path] | str | Path, out_cs
 # ---------------------------------------------------------------------------------------------------------------- cam
 def cam(model_dir: str | Path, inputs: list[str | Path] | str | Path, out_dir: str | Path, *,
         layers: list[str] | None = None, target: int | str | None = None, device: str = "auto",
-        overwrite: bool = False) -> list[Path]:
+        overwrite: bool = False, window: str | None = None) -> list[Path]:
     """Grad-CAM figures ``out_dir/<image stem>_cam.png`` (input | one overlay per layer) for each image.
 
     ``layers``: names among the model's ``cam_layers()`` (HiFuse: ``local``, ``global``, ``fusion``); default all (or the
@@ -462,7 +481,7 @@ def cam(model_dir: str | Path, inputs: list[str | Path] | str | Path, out_dir: s
     mean = torch.tensor(pre["mean"]).view(-1, 1, 1)
     std = torch.tensor(pre["std"]).view(-1, 1, 1)
     for p, o in zip(files, outs):
-        x = tf(load_image(p, pre["in_chans"]))
+        x = tf(load_image(p, pre["in_chans"], _window(window or pre.get("window", "auto"))))
         maps, logits = grad_cam(model, x[None].to(dev), available, target)
         prob = logits.float().softmax(1)[0]
         k = int(target) if target is not None else int(prob.argmax())

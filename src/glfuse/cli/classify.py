@@ -45,6 +45,7 @@ def add_parser(sub) -> None:
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (with a warning)")
     e.add_argument("--no-flops", action="store_true", help="skip the GFLOPs count")
+    _window_arg(e)
     e.add_argument("--overwrite", action="store_true", help="replace an existing report")
     add_common(e)
     e.set_defaults(func=cmd_evaluate)
@@ -58,6 +59,7 @@ def add_parser(sub) -> None:
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (with a warning)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
+    _window_arg(r)
     add_common(r)
     r.set_defaults(func=cmd_predict)
 
@@ -71,6 +73,7 @@ def add_parser(sub) -> None:
                    help="layer names from the model's cam_layers() (HiFuse: local global fusion); default all")
     g.add_argument("--target", default=None, help="class name or index (default: predicted class)")
     g.add_argument("--overwrite", action="store_true", help="replace existing figures")
+    _window_arg(g)
     add_common(g)
     g.set_defaults(func=cmd_cam)
 
@@ -88,6 +91,12 @@ def add_parser(sub) -> None:
     s.set_defaults(func=cmd_split)
 
 
+def _window_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--window", default=None, metavar="C,W",
+                   help="CT window for DICOM/NIfTI slices: C,W (e.g. 40,400), auto (the DICOM's own tags) or none "
+                        "(min-max); default: the window the model was trained with")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from glfuse.classify.api import ClassifyConfig, train
     from glfuse.config import build_config, config_source
@@ -103,7 +112,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from glfuse.classify.api import evaluate
 
     evaluate(args.model, args.output, data=args.data, split=args.split, batch_size=args.batch_size, device=args.device,
-             skip_bad=args.skip_bad, overwrite=args.overwrite, flops=not args.no_flops, progress=progress(args))
+             skip_bad=args.skip_bad, overwrite=args.overwrite, flops=not args.no_flops, progress=progress(args),
+             window=args.window)
     print(f"report written to {args.output}")
     return 0
 
@@ -112,7 +122,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from glfuse.classify.api import predict
 
     rows = predict(args.model, args.inputs, args.output, batch_size=args.batch_size, device=args.device,
-                   skip_bad=args.skip_bad, overwrite=args.overwrite, progress=progress(args))
+                   skip_bad=args.skip_bad, overwrite=args.overwrite, progress=progress(args), window=args.window)
     print(f"{len(rows)} prediction(s) written to {args.output}")
     return 0
 
@@ -124,7 +134,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
     if target is not None and target.isdigit():
         target = int(target)
     outs = cam(args.model, args.inputs, args.output, layers=args.layers, target=target, device=args.device,
-               overwrite=args.overwrite)
+               overwrite=args.overwrite, window=args.window)
     print(f"{len(outs)} Grad-CAM figure(s) written to {args.output}")
     return 0
 

@@ -48,20 +48,27 @@ __all__ = [
     "split_files",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp",
+                    ".dcm", ".dicom", ".nii", ".nii.gz")  # DICOM / NIfTI slices: CT window from tags or given
 
 
-def load_image(path: str | Path, in_chans: int = 3):
+def load_image(path: str | Path, in_chans: int = 3, window: tuple[float, float] | str | None = "auto"):
     """Decode an image with PIL and convert it to ``RGB`` (``in_chans=3``) or ``L`` (``in_chans=1``).
 
-    Transparent images are composited on black; 16-bit/32-bit/float grey is min–max stretched to 8 bits. Raises
-    ``ValueError`` naming the file when it cannot be decoded or exceeds the pixel limit
+    Transparent images are composited on black; 16-bit/32-bit/float grey is min–max stretched to 8 bits. DICOM and
+    NIfTI slices (``.dcm``, ``.nii``, ``.nii.gz``) are windowed (:func:`glfuse.data.volume_io.read_slice`): ``window``
+    ``"auto"`` takes the DICOM's own WindowCenter/Width (min–max otherwise), ``(C, W)`` or ``"C,W"`` a CT window,
+    ``None`` min–max. Raises ``ValueError`` naming the file when it cannot be decoded or exceeds the pixel limit
     (:func:`glfuse.data.image_io.max_pixels`).
     """
     from PIL import Image
 
+    from glfuse.data.volume_io import SLICE_SUFFIXES, read_slice_image
+
     if in_chans not in (1, 3):
         raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
+    if str(path).lower().endswith(SLICE_SUFFIXES):
+        return read_slice_image(path, in_chans, window)
     with open_pil(path) as im:
         im.load()
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -103,7 +110,8 @@ class ImageDataset(Dataset):
     unlabelled)."""
 
     def __init__(self, items: Sequence[tuple[str | Path, int]], class_names: Sequence[str], transform: Callable | None = None,
-                 *, in_chans: int = 3, skip_bad: bool = False, validate: bool = True) -> None:
+                 *, in_chans: int = 3, skip_bad: bool = False, validate: bool = True,
+                 window: tuple[float, float] | str | None = "auto") -> None:
         items = [(Path(p), int(y)) for p, y in items]
         n_cls = len(class_names)
         for p, y in items:
@@ -116,6 +124,7 @@ class ImageDataset(Dataset):
         self.class_names = list(class_names)
         self.transform = transform
         self.in_chans = in_chans
+        self.window = window  # DICOM/NIfTI slices only (load_image)
 
     @property
     def paths(self) -> list[Path]:
@@ -137,7 +146,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         path, y = self.items[i]
-        img = load_image(path, self.in_chans)
+        img = load_image(path, self.in_chans, self.window)
         if self.transform is not None:
             img = self.transform(img)
         return img, y
