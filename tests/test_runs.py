@@ -392,3 +392,18 @@ def test_disk_full_during_training_is_one_line_and_loses_nothing(systems, small_
     filler.unlink()
     assert main([*systems["classify"](run), "train.epochs=2", "--resume", "auto"]) == 0
     assert _epochs(run) == [1, 2]
+
+
+def test_declared_size_arg_matches_every_factory():
+    """``ModelInfo.size_arg`` is what the systems rely on to pass ``img_size``: it must match what each factory takes."""
+    from glfuse.registry import create_model, list_models, model_info
+
+    for name in list_models():
+        info = model_info(name)
+        kw = {"num_classes": 2} if info.input != "pair" else {}
+        if info.size_arg:
+            with torch.device("meta"):
+                create_model(name, img_size=info.img_size, **kw)  # accepted
+        else:
+            with pytest.raises(ValueError, match="img_size"), torch.device("meta"):
+                create_model(name, img_size=64, **kw)

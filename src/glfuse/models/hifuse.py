@@ -491,25 +491,25 @@ def _create(depths: tuple[int, int, int, int], depthwise_irmlp: bool, **kwargs: 
     return HiFuse(depths=depths, depthwise_irmlp=depthwise_irmlp, **kwargs)
 
 
-@register_model(input="image", in_chans=3, img_size=224, size_arg=True, paper=PAPER)
+@register_model(input="image", in_chans=3, img_size=224, paper=PAPER)
 def hifuse_tiny(**kwargs: Any) -> HiFuse:
     """HiFuse-Tiny, official architecture (depths 2,2,2,2; dense IRMLP 3×3)."""
     return _create((2, 2, 2, 2), False, **kwargs)
 
 
-@register_model(input="image", in_chans=3, img_size=224, size_arg=True, paper=PAPER)
+@register_model(input="image", in_chans=3, img_size=224, paper=PAPER)
 def hifuse_small(**kwargs: Any) -> HiFuse:
     """HiFuse-Small, official architecture (depths 2,2,6,2; dense IRMLP 3×3) — the one ``train.py`` trains."""
     return _create((2, 2, 6, 2), False, **kwargs)
 
 
-@register_model(input="image", in_chans=3, img_size=224, size_arg=True, paper=PAPER)
+@register_model(input="image", in_chans=3, img_size=224, paper=PAPER)
 def hifuse_base(**kwargs: Any) -> HiFuse:
     """HiFuse-Base, official architecture (depths 2,2,18,2; dense IRMLP 3×3)."""
     return _create((2, 2, 18, 2), False, **kwargs)
 
 
-@register_model(input="image", in_chans=3, img_size=224, size_arg=True, paper=PAPER)
+@register_model(input="image", in_chans=3, img_size=224, paper=PAPER)
 def hifuse_tiny_paper(**kwargs: Any) -> HiFuse:
     """HiFuse-Tiny with the paper's depthwise IRMLP 3×3 (FlopCounterMode: 8.17 GMAC at 224², paper 8.13 G).
 
@@ -520,13 +520,13 @@ def hifuse_tiny_paper(**kwargs: Any) -> HiFuse:
     return _create((2, 2, 2, 2), True, **kwargs)
 
 
-@register_model(input="image", in_chans=3, img_size=224, size_arg=True, paper=PAPER)
+@register_model(input="image", in_chans=3, img_size=224, paper=PAPER)
 def hifuse_small_paper(**kwargs: Any) -> HiFuse:
     """HiFuse-Small with the depthwise IRMLP 3×3 (8.90 GMAC); paper's 93.82 M params match no official code version."""
     return _create((2, 2, 6, 2), True, **kwargs)
 
 
-@register_model(input="image", in_chans=3, img_size=224, size_arg=True, paper=PAPER)
+@register_model(input="image", in_chans=3, img_size=224, paper=PAPER)
 def hifuse_base_paper(**kwargs: Any) -> HiFuse:
     """HiFuse-Base with the depthwise IRMLP 3×3 (11.07 GMAC); paper's 127.80 M params match no official code version."""
     return _create((2, 2, 18, 2), True, **kwargs)
