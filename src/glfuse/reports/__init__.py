@@ -79,7 +79,6 @@ def build_report(folder: str | Path, out: str | Path | None = None, *, title: st
             sections += b.staging_sections(f)
         elif k == "fusion":
             sections += b.fusion_sections(f)
-            sections += b.markdown_sections(f, "compare.md", "Comparison table (Markdown source)")
         elif k == "ablation":
             sections += b.markdown_sections(f, "ablation.md", "Ablation tables (paper layout)")
             sections += b.ablation_runs(f)

@@ -206,17 +206,6 @@ def staging_sections(folder: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _best_cells(rows: list[list[float]], cols: list[str], offset: int = 1) -> set[tuple[int, int]]:
-    best = set()
-    for j, col in enumerate(cols):
-        vals = np.array([r[j] for r in rows], dtype=float)
-        if len(vals) < 2 or np.all(np.isnan(vals)):
-            continue
-        target = np.nanmin(vals) if col in LOWER_IS_BETTER else np.nanmax(vals)
-        best |= {(i, j + offset) for i, v in enumerate(vals) if v == target}
-    return best
-
-
 def _runtime(folder: Path, label: str) -> float:
     fj = folder / "fused" / label / "fusion.json"
     if not fj.is_file():
@@ -242,18 +231,32 @@ def fusion_sections(folder: Path) -> list[dict[str, Any]]:
     metrics = [k for k in rows[0] if k not in ("method", "n") and not k.endswith("_std")]
     labels = [r["method"] for r in rows]
     runtimes = [_runtime(folder, lab) for lab in labels]
-    values = [[_num(r[k]) for k in metrics] + [rt] for r, rt in zip(rows, runtimes)]
-    cols = [*metrics, "s_per_pair"]
-    body = [[lab, *[f"{_fmt(_num(r[k]))} ± {_fmt(_num(r.get(k + '_std')))}" for k in metrics], _fmt(rt)]
-            for lab, r, rt in zip(labels, rows, runtimes)]
+    # rows = metrics, columns = methods: readable at any number of metrics
+    values = [[_num(r[k]) for r in rows] for k in metrics] + [runtimes]
+    names = [*metrics, "s_per_pair"]
+    body = [[k, "↓" if k in LOWER_IS_BETTER else "↑",
+             *[f"{_fmt(_num(r[k]))} ± {_fmt(_num(r.get(k + '_std')))}" for r in rows]] for k in metrics]
+    body.append(["runtime (s / pair)", "↓", *[_fmt(t) for t in runtimes]])
+    best = set()
+    for i, (k, vals) in enumerate(zip(names, values)):
+        v = np.array(vals, dtype=float)
+        if len(v) > 1 and not np.all(np.isnan(v)):
+            target = np.nanmin(v) if k in LOWER_IS_BETTER else np.nanmax(v)
+            best |= {(i, j + 2) for j, x in enumerate(v) if x == target}
     conv = json.loads((folder / "conventions.json").read_text()) if (folder / "conventions.json").is_file() else {}
-    notes = conv.get("methods", {})
-    cap = (f"Mean ± population std over {rows[0].get('n', '?')} image pairs; ▲ best per column (higher is better, "
-           "runtime: lower). Runtime: mean seconds per pair for the fusion step only (reused or pre-fused folders: –). "
+    notes = {k: v for k, v in conv.get("methods", {}).items() if v != k}
+    cap = (f"Mean ± population std over {rows[0].get('n', '?')} image pairs; ▲ best per row (↑ higher is better, "
+           "↓ lower). Runtime: mean seconds per pair of the fusion step (reused or pre-fused folders: –). "
            + (conv.get("colour") or ""))
-    blocks = [table_block(["method", *metrics, "runtime (s / pair)"], body, cap, _best_cells(values, cols))]
+    blocks = [table_block(["metric", "", *labels], body, cap, best)]
     if notes:
         blocks.append(text_block("\n\n".join(f"{k}: {v}" for k, v in notes.items())))
+    desc = (conv.get("conventions") or {}).get("description") or {}
+    if desc:
+        settings = {k: v for k, v in conv["conventions"].items() if k not in ("description", "matches_reference_evaluator")}
+        blocks.append(table_block(["metric / setting", "definition"], [[k, v] for k, v in desc.items()],
+                                  "Metric conventions. Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
+                                  left=True))
     out = [{"title": "Fusion metrics", "blocks": blocks}]
     per = {}
     for lab in labels:

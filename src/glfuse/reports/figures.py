@@ -41,7 +41,10 @@ def training_curves(history: list[dict[str, Any]]) -> bytes:
     for k in val_keys:
         axes[2].plot(ep, series(k), marker=marker, label=k[4:])
     axes[2].set_title("validation metrics")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

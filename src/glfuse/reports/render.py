@@ -34,12 +34,12 @@ h1{font-size:1.6em;margin-bottom:.2em} h2{border-bottom:2px solid #dde3ee;paddin
 h3{margin-bottom:.3em} .lead{color:#4a5468} .meta{font-size:.85em;color:#6a7385}
 table{border-collapse:collapse;margin:.5em 0 1.2em;font-size:.9em;font-variant-numeric:tabular-nums}
 th,td{border:1px solid #d5dbe6;padding:3px 9px;text-align:right;vertical-align:top}
-th{background:#eef2f8} td:first-child,th:first-child{text-align:left}
-tr:nth-child(even) td{background:#f8fafc} td.best{font-weight:700;background:#e4f4e4}
+th{background:#eef2f8} td:first-child,th:first-child,table.left td,table.left th{text-align:left}
+tr:nth-child(even) td{background:#f8fafc} td.best,tr:nth-child(even) td.best{font-weight:700;background:#e4f4e4}
 caption{caption-side:bottom;text-align:left;font-size:.82em;color:#5a6478;padding-top:.3em}
 figure{margin:.6em 0 1.2em} figcaption{font-size:.85em;color:#4a5468}
 img{max-width:100%;height:auto;border:1px solid #e2e6ee}
-.gallery{display:flex;flex-wrap:wrap;gap:12px} .gallery figure{margin:0;flex:1 1 320px;max-width:540px}
+.gallery{display:flex;flex-wrap:wrap;gap:12px} .gallery figure{margin:0;flex:1 1 460px;max-width:560px}
 .scroll{overflow-x:auto}
 code{background:#f0f2f6;padding:0 3px;border-radius:3px}
 </style></head>
@@ -49,7 +49,8 @@ code{background:#f0f2f6;padding:0 3px;border-radius:3px}
 {% for s in sections %}
 <section><h2>{{ s.title }}</h2>
 {% for b in s.blocks %}
-{% if b.kind == "table" %}<div class="scroll"><table>{% if b.caption %}<caption>{{ b.caption }}</caption>{% endif %}
+{% if b.kind == "table" %}<div class="scroll"><table{% if b.left %} class="left"{% endif %}>
+{% if b.caption %}<caption>{{ b.caption }}</caption>{% endif %}
 <thead><tr>{% for h in b.header %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
 {% for row in b.rows %}{% set ri = loop.index0 %}<tr>{% for c in row %}
 {% if (ri, loop.index0) in b.best %}<td class="best">▲ {{ c }}</td>{% else %}<td>{{ c }}</td>{% endif %}
@@ -58,7 +59,7 @@ code{background:#f0f2f6;padding:0 3px;border-radius:3px}
 {% elif b.kind == "figure" %}<figure>
 <img src="data:image/png;base64,{{ b.b64 }}" alt="{{ b.caption }}"{% if b.width %} width="{{ b.width }}"{% endif %}>
 {% if b.caption %}<figcaption>{{ b.caption }}</figcaption>{% endif %}</figure>
-{% elif b.kind == "gallery" %}<div class="gallery">{% for it in b.items %}
+{% elif b.kind == "gallery" %}<div class="gallery">{% for it in b["items"] %}
 <figure><img src="data:image/png;base64,{{ it.b64 }}" alt="{{ it.caption }}"><figcaption>{{ it.caption }}</figcaption></figure>
 {% endfor %}</div>
 {% elif b.kind == "text" %}{% for para in b.paras %}<p>{{ para }}</p>{% endfor %}
@@ -125,8 +126,9 @@ def figure_png(fig: Any, dpi: int = 110) -> bytes:
 
 
 def table_block(header: list[str], rows: list[list[Any]], caption: str = "",
-                best: set[tuple[int, int]] | None = None) -> dict[str, Any]:
-    return {"kind": "table", "header": header, "rows": rows, "caption": caption, "best": best or set()}
+                best: set[tuple[int, int]] | None = None, left: bool = False) -> dict[str, Any]:
+    """A table block; ``best``: ``(row, column)`` cells to mark; ``left``: left-align text columns."""
+    return {"kind": "table", "header": header, "rows": rows, "caption": caption, "best": best or set(), "left": left}
 
 
 def figure_block(png: bytes, caption: str = "", width: int | None = None) -> dict[str, Any]:
