@@ -29,7 +29,9 @@ from glfuse.engine import TrainConfig
 __all__ = [
     "ModelSection",
     "DataSection",
+    "LossSection",
     "ClassifyConfig",
+    "class_weights",
     "ClassificationTask",
     "build_datasets",
     "load_classifier",
@@ -82,27 +84,66 @@ class DataSection:
 
 
 @dataclass
+class LossSection:
+    """``loss:`` — the training loss (cross-entropy).
+
+    ``class_weights``: ``none`` (plain cross-entropy), ``balanced`` (weight of class k = N / (K · N_k) over the training
+    images, as scikit-learn's "balanced") or a list of K weights in class order. ``label_smoothing``: as in
+    ``torch.nn.functional.cross_entropy``. With imbalanced data also set ``train.monitor=balanced_acc`` (or ``f1``) so
+    the best checkpoint is not chosen on plain accuracy.
+    """
+
+    class_weights: str | list[float] = "none"
+    label_smoothing: float = 0.0
+
+
+@dataclass
 class ClassifyConfig:
-    """A classification preset: ``model``, ``data``, ``train`` sections."""
+    """A classification preset: ``model``, ``data``, ``loss``, ``train`` sections."""
 
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
+    loss: LossSection = field(default_factory=LossSection)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def class_weights(spec: str | list[float], counts: list[int]) -> torch.Tensor | None:
+    """Cross-entropy class weights from ``loss.class_weights`` and the training images per class (None = unweighted)."""
+    k = len(counts)
+    if isinstance(spec, str):
+        if spec == "none":
+            return None
+        if spec != "balanced":
+            raise ValueError(f"config key 'loss.class_weights': expected none, balanced or a list of {k} weights, "
+                             f"got {spec!r}")
+        if min(counts) <= 0:
+            raise ValueError(f"config key 'loss.class_weights': balanced weights need every class in the training "
+                             f"data; counts are {counts}")
+        n = sum(counts)
+        return torch.tensor([n / (k * c) for c in counts], dtype=torch.float32)
+    if len(spec) != k or any(w < 0 for w in spec) or not any(w > 0 for w in spec):
+        raise ValueError(f"config key 'loss.class_weights': expected {k} non-negative weights (one per class), got {spec}")
+    return torch.tensor([float(w) for w in spec], dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------------------------------------------- task
 class ClassificationTask:
-    """Engine task: cross-entropy training; ``predict_step`` → ``probs`` [B, K] and ``targets`` [B]; metrics from
+    """Engine task: cross-entropy training (optionally class-weighted: ``class_weights`` [K]); ``predict_step`` →
+    ``probs`` [B, K] and ``targets`` [B]; metrics from
     :func:`glfuse.metrics.classification.classification_metrics` (``acc``, ``f1``, ``precision``, ``recall``,
     ``specificity``, ``auc``)."""
 
-    def __init__(self, class_names: list[str] | None = None, label_smoothing: float = 0.0) -> None:
+    def __init__(self, class_names: list[str] | None = None, label_smoothing: float = 0.0,
+                 class_weights: torch.Tensor | None = None) -> None:
         self.class_names = class_names
         self.label_smoothing = label_smoothing
+        self.class_weights = class_weights
 
     def training_step(self, model: nn.Module, batch: Any) -> torch.Tensor:
         x, y = batch[0], batch[1]
-        return F.cross_entropy(model(x).float(), y, label_smoothing=self.label_smoothing)
+        logits = model(x).float()
+        w = None if self.class_weights is None else self.class_weights.to(logits.device)
+        return F.cross_entropy(logits, y, weight=w, label_smoothing=self.label_smoothing)
 
     def predict_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         x, y = batch[0], batch[1]
@@ -269,9 +310,12 @@ def train(cfg: ClassifyConfig, run_dir: str | Path, *, resume: bool = False, ove
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+    counts = train_ds.class_counts()
+    weights = class_weights(cfg.loss.class_weights, [counts[c] for c in classes])
     extra = {"class_names": classes, "preprocessing": _preprocessing(cfg.data), "task": "classification",
-             "train_counts": train_ds.class_counts()}
-    return fit(model, ClassificationTask(classes), train_ds, val_ds, cfg.train, run_dir, resume=resume,
+             "train_counts": counts, "class_weights": None if weights is None else weights.tolist()}
+    task = ClassificationTask(classes, cfg.loss.label_smoothing, weights)
+    return fit(model, task, train_ds, val_ds, cfg.train, run_dir, resume=resume,
                model_extra=extra)
 
 

@@ -37,8 +37,9 @@ def add_parser(sub) -> None:
     t.set_defaults(func=cmd_train)
 
     e = csub.add_parser("evaluate", help="evaluate a trained model: metrics, confusion matrix, table row",
-                        description="Writes metrics.json, per_class.csv, confusion_matrix.csv/png, predictions.csv and "
-                                    "table.md to --output and prints the paper's row (Acc, F1, Prec, Recall, AUC, "
+                        description="Writes report.html, metrics.json (with bootstrap 95%% CIs), per_class.csv, "
+                                    "confusion_matrix.csv/png, predictions.csv, cam/ and table.md to --output and "
+                                    "prints the paper's row (Acc, F1, Prec, Recall, AUC, "
                                     "params, GFLOPs). Data: the run's own config (--split) or --data.")
     e.add_argument("model", help="run folder (uses best/) or model folder (best/, last/, epoch_N/)")
     e.add_argument("--data", default=None,
@@ -50,6 +51,11 @@ def add_parser(sub) -> None:
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     e.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (with a warning)")
     e.add_argument("--no-flops", action="store_true", help="skip the GFLOPs count")
+    e.add_argument("--calibrate", action="store_true",
+                   help="fit temperature scaling on the run's val split first; stored in the model's config.json and "
+                        "applied by evaluate and predict from then on")
+    e.add_argument("--cams", type=int, default=6, help="Grad-CAMs of the most confident mistakes (default 6; 0 = none)")
+    e.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (default 1000)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing report")
     e.add_argument("--debug", action="store_true", help="show tracebacks")
     e.set_defaults(func=cmd_evaluate)
@@ -120,8 +126,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from glfuse.classify.api import evaluate
 
     evaluate(args.model, args.output, data=args.data, split=args.split, batch_size=args.batch_size, device=args.device,
-             skip_bad=args.skip_bad, overwrite=args.overwrite, flops=not args.no_flops)
-    print(f"report written to {args.output}")
+             skip_bad=args.skip_bad, overwrite=args.overwrite, flops=not args.no_flops, calibrate=args.calibrate,
+             cams=args.cams, n_boot=args.n_boot)
+    print(f"report written to {Path(args.output) / 'report.html'}")
     return 0
 
 

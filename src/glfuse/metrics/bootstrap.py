@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 __all__ = ["CI_KEYS", "fast_metrics", "bootstrap_cis"]
 
@@ -21,42 +20,70 @@ CI_KEYS = ("acc", "balanced_acc", "f1", "precision", "recall", "specificity", "a
            "specificity_pos", "ece")
 
 
-def _auc(score: np.ndarray, pos: np.ndarray) -> float:
-    n_pos = int(pos.sum())
-    n_neg = len(pos) - n_pos
-    if n_pos == 0 or n_neg == 0:
+class _Prepared:
+    """Per-dataset quantities reused by every resample: predictions, confidence bins and score ranks per class."""
+
+    def __init__(self, probs: np.ndarray, targets: np.ndarray, n_bins: int) -> None:
+        self.n, self.c = probs.shape
+        self.targets = targets
+        self.pred = probs.argmax(1)
+        self.conf = probs.max(1)
+        self.correct = (self.pred == targets).astype(np.float64)
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+        self.bin = np.clip(np.searchsorted(edges, self.conf, side="left") - 1, 0, n_bins - 1)
+        self.n_bins = n_bins
+        self.cm_index = targets * self.c + self.pred
+        # per class: index of each row's score among the sorted unique scores (ties share an index)
+        self.score_rank = [np.unique(probs[:, k], return_inverse=True)[1].ravel() for k in range(self.c)]
+        self.n_unique = [int(r.max()) + 1 for r in self.score_rank]
+
+
+def _auc_weighted(rank: np.ndarray, n_unique: int, pos: np.ndarray, w: np.ndarray) -> float:
+    """Mann-Whitney AUC with row multiplicities ``w`` (ties count one half)."""
+    wp, wn = w * pos, w * ~pos
+    tot_p, tot_n = wp.sum(), wn.sum()
+    if tot_p == 0 or tot_n == 0:
         return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    pos_u = np.bincount(rank, wp, n_unique)
+    neg_u = np.bincount(rank, wn, n_unique)
+    below = np.cumsum(neg_u) - neg_u
+    return float((pos_u * (below + 0.5 * neg_u)).sum() / (tot_p * tot_n))
 
 
-def fast_metrics(probs: np.ndarray, targets: np.ndarray, n_bins: int = 15) -> dict[str, float]:
-    """Scalar metrics of ``probs [N, C]`` against ``targets [N]`` (NumPy, for bootstrapping)."""
-    from glfuse.metrics.calibration import expected_calibration_error
-
-    n, c = probs.shape
-    pred = probs.argmax(1)
-    cm = np.bincount(targets * c + pred, minlength=c * c).reshape(c, c).astype(np.float64)
+def _weighted_metrics(pr: _Prepared, w: np.ndarray) -> dict[str, float]:
+    c, n = pr.c, w.sum()
+    cm = np.bincount(pr.cm_index, w, c * c).reshape(c, c)
     tp = np.diag(cm)
     support, predicted = cm.sum(1), cm.sum(0)
     neg = n - support
     tn = n - support - predicted + tp
     with np.errstate(divide="ignore", invalid="ignore"):
-        prec = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
-        rec = np.where(support > 0, tp / np.maximum(support, 1), 0.0)
+        prec = np.where(predicted > 0, tp / np.maximum(predicted, 1e-300), 0.0)
+        rec = np.where(support > 0, tp / np.maximum(support, 1e-300), 0.0)
         f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
-        spec = np.where(neg > 0, tn / np.maximum(neg, 1), 0.0)
+        spec = np.where(neg > 0, tn / np.maximum(neg, 1e-300), 0.0)
     present = (support + predicted) > 0
-    aucs = [_auc(probs[:, k], targets == k) for k in range(c)]
+    aucs = [_auc_weighted(pr.score_rank[k], pr.n_unique[k], pr.targets == k, w) for k in range(c)]
     valid = [a for a in aucs if not np.isnan(a)]
+    cnt = np.bincount(pr.bin, w, pr.n_bins)
+    gap = np.abs(np.bincount(pr.bin, w * pr.correct, pr.n_bins) - np.bincount(pr.bin, w * pr.conf, pr.n_bins))
     out = {"acc": float(tp.sum() / n), "precision": float(prec[present].mean()), "recall": float(rec[present].mean()),
            "f1": float(f1[present].mean()), "specificity": float(spec[present].mean()),
            "balanced_acc": float(rec[support > 0].mean()),
            "auc": aucs[1] if c == 2 else (float(np.mean(valid)) if valid else float("nan")),
-           "ece": expected_calibration_error(probs, targets, n_bins)}
+           "ece": float(gap[cnt > 0].sum() / n)}
     if c == 2:
         out["sensitivity_pos"], out["specificity_pos"] = float(rec[1]), float(spec[1])
     return out
+
+
+def fast_metrics(probs: np.ndarray, targets: np.ndarray, n_bins: int = 15,
+                 weights: np.ndarray | None = None) -> dict[str, float]:
+    """Scalar metrics of ``probs [N, C]`` against ``targets [N]``; ``weights``: row multiplicities (a resample)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    targets = np.asarray(targets).astype(np.int64)
+    w = np.ones(len(targets)) if weights is None else np.asarray(weights, dtype=np.float64)
+    return _weighted_metrics(_Prepared(probs, targets, n_bins), w)
 
 
 def bootstrap_cis(probs: Any, targets: Any, groups: Any = None, *, n_boot: int = 1000, level: float = 0.95,
@@ -75,22 +102,17 @@ def bootstrap_cis(probs: Any, targets: Any, groups: Any = None, *, n_boot: int =
         raise ValueError(f"bootstrap_cis: probs [N, C] and targets [N] needed, got {probs.shape} and {targets.shape}")
     if not 0 < level < 1:
         raise ValueError(f"bootstrap_cis: level must be in (0, 1), got {level}")
-    point = fast_metrics(probs, targets, n_bins)
+    pr = _Prepared(probs, targets, n_bins)
+    point = _weighted_metrics(pr, np.ones(len(targets)))
     keys = tuple(k for k in keys if k in point)
-    if groups is None:
-        members = [np.array([i]) for i in range(len(targets))]
-    else:
-        groups = np.asarray(groups)
-        _, inv = np.unique(groups, return_inverse=True)
-        order = np.argsort(inv, kind="stable")
-        members = np.split(order, np.cumsum(np.bincount(inv))[:-1])
+    unit = np.arange(len(targets)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    n_units = int(unit.max()) + 1
     rng = np.random.default_rng(seed)
-    samples = {k: [] for k in keys}
-    n_units = len(members)
+    samples: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(n_boot):
-        pick = rng.integers(0, n_units, n_units)
-        idx = np.concatenate([members[u] for u in pick]) if groups is not None else pick
-        m = fast_metrics(probs[idx], targets[idx], n_bins)
+        # a resample = how often each unit is drawn; every row of a unit gets its unit's multiplicity
+        w = np.bincount(rng.integers(0, n_units, n_units), minlength=n_units)[unit].astype(np.float64)
+        m = _weighted_metrics(pr, w)
         for k in keys:
             samples[k].append(m[k])
     a = (1 - level) / 2
