@@ -67,7 +67,7 @@ def test_training_and_ablation_reports(tmp_path):
 
 def test_markdown_subset():
     html = markdown_to_html("# T\n\n- a `x`\n- **b**\n\n| h1 | h2 |\n|---|---|\n| 1 | <2> |\n")
-    assert "<h2>T</h2>" in html and "<li>a <code>x</code></li>" in html and "<strong>b</strong>" in html
+    assert "<h3>T</h3>" in html and "<li>a <code>x</code></li>" in html and "<strong>b</strong>" in html
     assert "<td>&lt;2&gt;</td>" in html and "<th>h1</th>" in html
 
 

@@ -117,7 +117,8 @@ def _eval_figures(m: dict[str, Any], probs: np.ndarray | None, targets: np.ndarr
                   level: str = "") -> list[dict[str, Any]]:
     names = list(m["class_names"])
     blocks = [figure_block(figures.confusion_png(m["confusion_matrix"], names, f"{level} confusion matrix".strip()),
-                           "Rows: true class; columns: predicted class. Left: counts; right: row-normalised.")]
+                           "Rows: true class; columns: predicted class. Left: counts; right: row-normalised.",
+                           width=min(760, 300 + 80 * len(names)))]
     if probs is not None and len(probs):
         roc = figures.roc_curves(probs, targets, names)
         if roc is not None:

@@ -165,7 +165,7 @@ def markdown_to_html(md: str) -> str:
             continue
         m = re.match(r"(#{1,4})\s+(.*)", ln)
         if m:
-            level = min(len(m.group(1)) + 1, 4)  # the page's h1 is the report title
+            level = min(len(m.group(1)) + 2, 5)  # the page has h1 (report title) and h2 (section titles) already
             out.append(f"<h{level}>{_inline_md(m.group(2))}</h{level}>")
         elif ln.startswith("- "):
             items = []
