@@ -84,6 +84,7 @@ def build_report(folder: str | Path, out: str | Path | None = None, *, title: st
             sections += b.ablation_runs(f)
         elif k == "classify_compare":
             sections += b.markdown_sections(f, "classify_compare.md", "Comparison (HiFuse Table 5 layout)")
+            sections += b.ablation_runs(f)
     name = title or f"{' + '.join(_TITLES[k] for k in kinds)} — {f.resolve().name}"
     return write_page(Path(out) if out else f / "report.html", name, sections,
                       lead=f"Folder: {f.resolve()}", overwrite=overwrite)
