@@ -233,3 +233,35 @@ def test_confusion_text_readable_on_light_cells(tmp_path):
     renderer = FigureCanvasAgg(fig).get_renderer()
     bb = fig._suptitle.get_window_extent(renderer)
     assert bb.y1 <= fig.bbox.y1 + 1 and bb.x0 >= -1 and bb.x1 <= fig.bbox.x1 + 1
+
+
+# ----------------------------------------------------------------------------------------------------- class weights
+def test_class_weights_change_the_loss_as_stated():
+    from glfuse.classify.api import ClassificationTask, ClassifyConfig, class_weights
+    from glfuse.config import build_config
+
+    w = class_weights("balanced", [30, 10])  # N / (K * N_k) = 40 / 60, 40 / 20
+    torch.testing.assert_close(w, torch.tensor([2 / 3, 2.0]))
+    assert class_weights("none", [30, 10]) is None
+    torch.testing.assert_close(class_weights([1, 3], [30, 10]), torch.tensor([1.0, 3.0]))
+    for bad in ("inverse", [1.0], [0.0, 0.0], [-1.0, 2.0]):
+        with pytest.raises(ValueError, match="loss.class_weights"):
+            class_weights(bad, [30, 10])
+
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3], [-0.2, 1.0], [1.0, 1.5]])
+    y = torch.tensor([0, 1, 1, 0])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return logits
+
+    plain = ClassificationTask(["a", "b"]).training_step(Fixed(), (None, y))
+    weighted = ClassificationTask(["a", "b"], class_weights=w).training_step(Fixed(), (None, y))
+    nll = -logits.log_softmax(1)[torch.arange(4), y]
+    assert float(plain) == pytest.approx(float(nll.mean()), rel=1e-6)
+    # PyTorch's weighted mean: sum_i w_{y_i} * nll_i / sum_i w_{y_i}
+    assert float(weighted) == pytest.approx(float((w[y] * nll).sum() / w[y].sum()), rel=1e-6)
+    assert float(weighted) != pytest.approx(float(plain), rel=1e-3)
+    cfg = build_config(ClassifyConfig, None, ["loss.class_weights=balanced", "train.monitor=balanced_acc"])
+    assert cfg.loss.class_weights == "balanced"
+    assert build_config(ClassifyConfig, None, ["loss.class_weights=[1.0, 2.5]"]).loss.class_weights == [1.0, 2.5]
