@@ -247,7 +247,8 @@ def fusion_sections(folder: Path) -> list[dict[str, Any]]:
     conv = json.loads((folder / "conventions.json").read_text()) if (folder / "conventions.json").is_file() else {}
     notes = {k: v for k, v in conv.get("methods", {}).items() if v != k}
     cap = (f"Mean ± population std over {rows[0].get('n', '?')} image pairs; ▲ best per row (↑ higher is better, "
-           "↓ lower). Runtime: mean seconds per pair of the fusion step (reused or pre-fused folders: –). "
+           "↓ lower). Runtime: mean seconds per pair of the fusion step, first pair (model load / warm-up) included; "
+           "reused or pre-fused folders: –. "
            + (conv.get("colour") or ""))
     blocks = [table_block(["metric", "", *labels], body, cap, best)]
     if notes:
