@@ -486,6 +486,9 @@ def ablate(variants: list[str], cfg: StageConfig, out_dir: str | Path, *, overwr
     md = _markdown(rows, cfg)
     atomic_write(out / "ablation.md", lambda tmp: Path(tmp).write_text(md))
     save_json({"config": config_to_dict(cfg), "variants": variants}, out / "ablation_config.json")
+    from glfuse.reports import build_report
+
+    build_report(out)  # report.html: the tables in the paper's layout + every variant's training curves
     return rows
 
 
