@@ -35,7 +35,8 @@ def training_curves(history: list[dict[str, Any]]) -> bytes:
     axes[0].set_title("loss")
     if "lr" in keys:
         axes[1].plot(ep, series("lr"), marker=marker, color="tab:purple")
-        if all(v > 0 for v in series("lr") if not np.isnan(v)):
+        lrs = [v for v in series("lr") if not np.isnan(v)]
+        if lrs and min(lrs) > 0 and len(set(lrs)) > 1:
             axes[1].set_yscale("log")
     axes[1].set_title("learning rate")
     for k in val_keys:
