@@ -45,7 +45,11 @@ def training_curves(history: list[dict[str, Any]]) -> bytes:
     from matplotlib.ticker import MaxNLocator
 
     for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(ep) <= 12:
+            ax.set_xticks(ep)
+            ax.set_xlim(min(ep) - 0.5, max(ep) + 0.5)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

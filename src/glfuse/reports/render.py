@@ -33,7 +33,8 @@ color:#1d2330;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em} h2{border-bottom:2px solid #dde3ee;padding-bottom:.2em;margin-top:1.6em}
 h3{margin-bottom:.3em} .lead{color:#4a5468} .meta{font-size:.85em;color:#6a7385}
 table{border-collapse:collapse;margin:.5em 0 1.2em;font-size:.9em;font-variant-numeric:tabular-nums}
-th,td{border:1px solid #d5dbe6;padding:3px 9px;text-align:right;vertical-align:top}
+th,td{border:1px solid #d5dbe6;padding:3px 9px;text-align:right;vertical-align:top} td{white-space:nowrap}
+table.left td{white-space:normal}
 th{background:#eef2f8} td:first-child,th:first-child,table.left td,table.left th{text-align:left}
 tr:nth-child(even) td{background:#f8fafc} td.best,tr:nth-child(even) td.best{font-weight:700;background:#e4f4e4}
 caption{caption-side:bottom;text-align:left;font-size:.82em;color:#5a6478;padding-top:.3em}
