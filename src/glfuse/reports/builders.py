@@ -118,7 +118,7 @@ def _eval_figures(m: dict[str, Any], probs: np.ndarray | None, targets: np.ndarr
     names = list(m["class_names"])
     blocks = [figure_block(figures.confusion_png(m["confusion_matrix"], names, f"{level} confusion matrix".strip()),
                            "Rows: true class; columns: predicted class. Left: counts; right: row-normalised.",
-                           width=min(760, 300 + 80 * len(names)))]
+                           width=min(900, 640 + 40 * len(names)))]
     if probs is not None and len(probs):
         roc = figures.roc_curves(probs, targets, names)
         if roc is not None:
@@ -138,7 +138,8 @@ def _describe(m: dict[str, Any]) -> str:
     if m.get("gflops") is not None:
         bits.append(f"GFLOPs: {m['gflops']:.3f} at input {m.get('flops_input', '?')}")
     if m.get("temperature"):
-        bits.append(f"temperature scaling T = {m['temperature']:.3f} applied (fitted on {m.get('temperature_split', 'val')})")
+        bits.append(f"temperature scaling T = {m['temperature']:.3f} applied (fitted on {m.get('temperature_split', 'val')}; "
+                    f"ECE before scaling {_pct(m.get('ece_uncalibrated'))} %)")
     return "; ".join(bits) + "."
 
 

@@ -21,7 +21,7 @@ PAPERS = {
                   "(IEEE JBHI 2024)",
 }
 
-_USE = ("Research use only. Not a medical device and not validated for clinical decisions. The metrics below hold for "
+_USE = ("Research use only. Not a medical device and not validated for clinical decisions. The metrics above hold for "
         "the stated data and split; performance on other scanners, sites, populations or preprocessing is unknown. "
         "Check calibration (ECE) before reading probabilities as risks.")
 
