@@ -130,7 +130,8 @@ def _eval_figures(m: dict[str, Any], probs: np.ndarray | None, targets: np.ndarr
 
 def _describe(m: dict[str, Any]) -> str:
     bits = []
-    for k, label in (("arch", "model"), ("data", "data"), ("split", "split"), ("model_dir", "model folder")):
+    for k, label in (("arch", "model"), ("data", "data"), ("split", "split"), ("model_dir", "model folder"),
+                     ("model", "model folder"), ("cache", "slice cache"), ("cases", "cases")):
         if m.get(k):
             bits.append(f"{label}: {m[k]}")
     if m.get("params") is not None:
