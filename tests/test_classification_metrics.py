@@ -72,6 +72,16 @@ def test_balanced_accuracy_and_positive_class_rates():
     assert m["balanced_acc"] == pytest.approx((7 / 8 + 1 / 2) / 2)
     assert m["positive_class"] == "pos"
     assert m["sensitivity_pos"] == pytest.approx(1 / 2) and m["specificity_pos"] == pytest.approx(7 / 8)
+    # another positive class (e.g. COVID-CT: "COVID" sorts first)
+    mn = classification_metrics(_probs(preds, 2), torch.tensor(targets), ["neg", "pos"], positive="neg")
+    assert mn["positive_class"] == "neg"
+    assert mn["sensitivity_pos"] == pytest.approx(7 / 8) and mn["specificity_pos"] == pytest.approx(1 / 2)
+    from glfuse.metrics.bootstrap import fast_metrics
+
+    f = fast_metrics(_probs(preds, 2).numpy(), torch.tensor(targets).numpy(), positive=0)
+    assert f["sensitivity_pos"] == pytest.approx(7 / 8) and f["specificity_pos"] == pytest.approx(1 / 2)
+    with pytest.raises(ValueError, match="not a class"):
+        classification_metrics(_probs(preds, 2), torch.tensor(targets), ["neg", "pos"], positive="COVID")
     m3 = classification_metrics(_probs([0, 1, 2], 3), torch.tensor([0, 1, 1]))
     assert "sensitivity_pos" not in m3
     assert m3["balanced_acc"] == pytest.approx((1 + 0.5) / 2)  # class 2 never occurs in the targets

@@ -361,7 +361,7 @@ def _eval_dataset(mcfg: dict[str, Any], mdir: Path, data: str | Path | None, spl
 def evaluate(model_dir: str | Path, out_dir: str | Path, *, data: str | Path | None = None, split: str = "test",
              batch_size: int = 32, device: str = "auto", skip_bad: bool = False, overwrite: bool = False,
              flops: bool = True, progress: bool = True, print_row: bool = True, calibrate: bool = False,
-             cams: int = 6, n_boot: int = 1000, report: bool = True) -> dict[str, Any]:
+             cams: int = 6, n_boot: int = 1000, report: bool = True, positive_class: str | None = None) -> dict[str, Any]:
     """Evaluate a saved classifier and write the report to ``out_dir``.
 
     Data: ``data`` (a class-folder tree, a ``path,label`` CSV, or a COVID-CT root with ``Data-split`` + ``split``), or
@@ -374,10 +374,16 @@ def evaluate(model_dir: str | Path, out_dir: str | Path, *, data: str | Path | N
         cams: Grad-CAM figures for the ``cams`` most confident mistakes (and, if fewer mistakes, most confident correct
             predictions) into ``out_dir/cam/`` (0 = none).
         n_boot: bootstrap resamples (of images) for the 95 % CIs. report: write ``out_dir/report.html``.
+        positive_class: binary tasks: the class whose sensitivity / specificity are reported (default: the second).
     """
     from glfuse.checkpoint import save_json
     from glfuse.engine import evaluate as run_eval
-    from glfuse.metrics.classification import classification_metrics, format_table_row, save_classification_report
+    from glfuse.metrics.classification import (
+        classification_metrics,
+        format_table_row,
+        positive_index,
+        save_classification_report,
+    )
 
     out_dir = Path(out_dir)
     dev = _device(device)
@@ -394,8 +400,8 @@ def evaluate(model_dir: str | Path, out_dir: str | Path, *, data: str | Path | N
         from glfuse.metrics.calibration import expected_calibration_error
 
         extra["ece_uncalibrated"] = expected_calibration_error(outputs["probs"], outputs["targets"])
-    metrics = classification_metrics(probs, outputs["targets"], classes)
-    metrics.update(_cis(probs, outputs["targets"], n_boot))
+    metrics = classification_metrics(probs, outputs["targets"], classes, positive_class)
+    metrics.update(_cis(probs, outputs["targets"], n_boot, positive=positive_index(classes, positive_class)))
     params, gflops, shape = _size_at_input(model, mcfg, dev, flops)
     name = mcfg["arch"]
     table = format_table_row(metrics, name, params, gflops)
@@ -428,12 +434,12 @@ def _calibrated(probs: torch.Tensor, mcfg: dict[str, Any]) -> tuple[torch.Tensor
 
 
 def _cis(probs: torch.Tensor, targets: torch.Tensor, n_boot: int, groups: Any = None,
-         unit: str = "images") -> dict[str, Any]:
+         unit: str = "images", positive: int = 1) -> dict[str, Any]:
     from glfuse.metrics.bootstrap import bootstrap_cis
 
     if n_boot <= 0:
         return {}
-    ci = bootstrap_cis(probs.numpy(), targets.numpy(), groups, n_boot=n_boot, seed=0)
+    ci = bootstrap_cis(probs.numpy(), targets.numpy(), groups, n_boot=n_boot, seed=0, positive=positive)
     return {"ci": ci, "ci_info": {"method": "percentile bootstrap", "n_boot": n_boot, "level": 0.95, "unit": unit,
                                   "seed": 0}}
 

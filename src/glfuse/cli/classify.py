@@ -56,6 +56,8 @@ def add_parser(sub) -> None:
                         "applied by evaluate and predict from then on")
     e.add_argument("--cams", type=int, default=6, help="Grad-CAMs of the most confident mistakes (default 6; 0 = none)")
     e.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (default 1000)")
+    e.add_argument("--positive-class", default=None,
+                   help="binary tasks: class whose sensitivity/specificity are reported (default: the second class)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing report")
     e.add_argument("--debug", action="store_true", help="show tracebacks")
     e.set_defaults(func=cmd_evaluate)
@@ -143,7 +145,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     evaluate(args.model, args.output, data=args.data, split=args.split, batch_size=args.batch_size, device=args.device,
              skip_bad=args.skip_bad, overwrite=args.overwrite, flops=not args.no_flops, calibrate=args.calibrate,
-             cams=args.cams, n_boot=args.n_boot)
+             cams=args.cams, n_boot=args.n_boot, positive_class=args.positive_class)
     print(f"report written to {Path(args.output) / 'report.html'}")
     return 0
 

@@ -23,8 +23,9 @@ CI_KEYS = ("acc", "balanced_acc", "f1", "precision", "recall", "specificity", "a
 class _Prepared:
     """Per-dataset quantities reused by every resample: predictions, confidence bins and score ranks per class."""
 
-    def __init__(self, probs: np.ndarray, targets: np.ndarray, n_bins: int) -> None:
+    def __init__(self, probs: np.ndarray, targets: np.ndarray, n_bins: int, positive: int = 1) -> None:
         self.n, self.c = probs.shape
+        self.positive = positive
         self.targets = targets
         self.pred = probs.argmax(1)
         self.conf = probs.max(1)
@@ -73,21 +74,24 @@ def _weighted_metrics(pr: _Prepared, w: np.ndarray) -> dict[str, float]:
            "auc": aucs[1] if c == 2 else (float(np.mean(valid)) if valid else float("nan")),
            "ece": float(gap[cnt > 0].sum() / n)}
     if c == 2:
-        out["sensitivity_pos"], out["specificity_pos"] = float(rec[1]), float(spec[1])
+        k = pr.positive
+        out["sensitivity_pos"], out["specificity_pos"] = float(rec[k]), float(spec[k])
     return out
 
 
 def fast_metrics(probs: np.ndarray, targets: np.ndarray, n_bins: int = 15,
-                 weights: np.ndarray | None = None) -> dict[str, float]:
-    """Scalar metrics of ``probs [N, C]`` against ``targets [N]``; ``weights``: row multiplicities (a resample)."""
+                 weights: np.ndarray | None = None, positive: int = 1) -> dict[str, float]:
+    """Scalar metrics of ``probs [N, C]`` against ``targets [N]``; ``weights``: row multiplicities (a resample);
+    ``positive``: index of the positive class of a binary task (sensitivity / specificity)."""
     probs = np.asarray(probs, dtype=np.float64)
     targets = np.asarray(targets).astype(np.int64)
     w = np.ones(len(targets)) if weights is None else np.asarray(weights, dtype=np.float64)
-    return _weighted_metrics(_Prepared(probs, targets, n_bins), w)
+    return _weighted_metrics(_Prepared(probs, targets, n_bins, positive), w)
 
 
 def bootstrap_cis(probs: Any, targets: Any, groups: Any = None, *, n_boot: int = 1000, level: float = 0.95,
-                  seed: int = 0, keys: tuple[str, ...] = CI_KEYS, n_bins: int = 15) -> dict[str, dict[str, float]]:
+                  seed: int = 0, keys: tuple[str, ...] = CI_KEYS, n_bins: int = 15,
+                  positive: int = 1) -> dict[str, dict[str, float]]:
     """Percentile bootstrap CIs: ``{metric: {"value", "low", "high"}}`` for the metrics in ``keys`` that apply.
 
     Args:
@@ -95,6 +99,7 @@ def bootstrap_cis(probs: Any, targets: Any, groups: Any = None, *, n_boot: int =
         targets: ``[N]`` class indices.
         groups: optional ``[N]`` unit ids; whole units are resampled (cluster bootstrap). Default: every row is a unit.
         n_boot: bootstrap replicates. level: coverage of the interval. seed: NumPy seed (results are reproducible).
+        positive: positive class index of a binary task.
     """
     probs = np.asarray(probs, dtype=np.float64)
     targets = np.asarray(targets).astype(np.int64)
@@ -102,7 +107,7 @@ def bootstrap_cis(probs: Any, targets: Any, groups: Any = None, *, n_boot: int =
         raise ValueError(f"bootstrap_cis: probs [N, C] and targets [N] needed, got {probs.shape} and {targets.shape}")
     if not 0 < level < 1:
         raise ValueError(f"bootstrap_cis: level must be in (0, 1), got {level}")
-    pr = _Prepared(probs, targets, n_bins)
+    pr = _Prepared(probs, targets, n_bins, positive)
     point = _weighted_metrics(pr, np.ones(len(targets)))
     keys = tuple(k for k in keys if k in point)
     unit = np.arange(len(targets)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1].ravel()

@@ -6,7 +6,8 @@
   targets), ``precision``, ``recall``, ``f1``, ``specificity`` (macro averages over classes), ``auc`` (one-vs-rest ROC
   AUC, macro over the classes that have both positives and negatives; with two classes the AUC of the positive class 1),
   ``ece`` (top-label expected calibration error, 15 bins, :mod:`glfuse.metrics.calibration`), ``n``;
-* binary tasks only: ``sensitivity_pos`` / ``specificity_pos`` of the positive class (index 1, ``positive_class``);
+* binary tasks only: ``sensitivity_pos`` / ``specificity_pos`` of the positive class (``positive_class``: index 1
+  unless ``positive`` names another class);
 * ``per_class``: ``{class: {precision, recall, f1, specificity, auc, support}}``;
 * ``confusion_matrix``: rows = true class, columns = predicted class; ``class_names``.
 
@@ -24,7 +25,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["SCALAR_KEYS", "classification_metrics", "format_table_row", "plot_confusion", "save_classification_report"]
+__all__ = ["SCALAR_KEYS", "classification_metrics", "format_table_row", "plot_confusion", "positive_index",
+           "save_classification_report"]
 
 SCALAR_KEYS = ("acc", "balanced_acc", "f1", "precision", "recall", "specificity", "auc", "ece")
 
@@ -34,8 +36,9 @@ def _nan_to_none(x: float) -> float | None:
 
 
 def classification_metrics(probs: torch.Tensor, targets: torch.Tensor,
-                           class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Metrics of ``probs [N, C]`` (probabilities or scores) against ``targets [N]`` (class indices)."""
+                           class_names: Sequence[str] | None = None, positive: int | str | None = None) -> dict[str, Any]:
+    """Metrics of ``probs [N, C]`` (probabilities or scores) against ``targets [N]`` (class indices); ``positive``:
+    the positive class (index or name) of a binary task, default index 1."""
     from torchmetrics.functional.classification import binary_auroc, multiclass_confusion_matrix
 
     probs = torch.as_tensor(probs).detach().float().cpu()
@@ -92,7 +95,9 @@ def classification_metrics(probs: torch.Tensor, targets: torch.Tensor,
 
     binary = {}
     if c == 2:
-        binary = {"positive_class": names[1], "sensitivity_pos": float(recall[1]), "specificity_pos": float(spec[1])}
+        pos = positive_index(names, positive)
+        binary = {"positive_class": names[pos], "sensitivity_pos": float(recall[pos]),
+                  "specificity_pos": float(spec[pos])}
     return {
         "n": n,
         "acc": float(tp.sum() / n),
@@ -108,6 +113,20 @@ def classification_metrics(probs: torch.Tensor, targets: torch.Tensor,
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def positive_index(names: Sequence[str], positive: int | str | None) -> int:
+    """Index of the positive class (a name or index; None = 1)."""
+    if positive is None:
+        return 1
+    if isinstance(positive, str) and not positive.isdigit():
+        if positive not in names:
+            raise ValueError(f"positive class {positive!r} is not a class: {list(names)}")
+        return list(names).index(positive)
+    k = int(positive)
+    if not 0 <= k < len(names):
+        raise ValueError(f"positive class index {k} out of range for {len(names)} classes")
+    return k
 
 
 def format_table_row(metrics: dict[str, Any], name: str = "", params: int | None = None,
