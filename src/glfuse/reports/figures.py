@@ -53,7 +53,10 @@ def training_curves(history: list[dict[str, Any]]) -> bytes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            if ax is axes[2]:  # many metrics: legend beside the plot, not over the curves
+                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+            else:
+                ax.legend(fontsize=7)
     return figure_png(fig)
 
 
