@@ -8,7 +8,6 @@ global and fusion branches, and a one-page HTML summary. Nothing is downloaded.
 
 from __future__ import annotations
 
-import html
 import json
 import shutil
 import time
@@ -83,18 +82,15 @@ def run_demo(out_dir: str | Path = "glfuse-demo", *, model: str = "hifuse_tiny",
 
 
 def _write_html(out: Path, summary: dict[str, Any], eval_dir: Path, cams: list[Path]) -> None:
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{'' if v is None else f'{v:.4f}'}</td></tr>"
-                   for k, v in summary["test"].items())
-    imgs = "".join(f'<figure><img src="{p.relative_to(out)}" width="640"><figcaption>{html.escape(p.name)}'
-                   "</figcaption></figure>" for p in cams)
-    cm = eval_dir / "confusion_matrix.png"
-    cm_html = f'<img src="{cm.relative_to(out)}" width="360">' if cm.exists() else ""
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>glfuse demo</title>
-<style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}} td{{padding:2px 12px}}</style></head><body>
-<h1>glfuse demo — {html.escape(summary['model'])} on synthetic images</h1>
-<p>{summary['epochs']} epochs at {summary['img_size']}², {summary['seconds']} s in total. Classes: few vs many blobs
-(MONAI <code>create_test_image_2d</code>). Run directory: <code>{html.escape(summary['run_dir'])}</code>.</p>
-<h2>Test split</h2><table>{rows}</table>{cm_html}
-<h2>Grad-CAM (local, global and fusion branches)</h2>{imgs}
-</body></html>"""
-    (out / "summary.html").write_text(page)
+    """``summary.html`` through the shared report renderer: training curves, evaluation, CAMs of fixed test images."""
+    from glfuse.reports.builders import classification_sections
+    from glfuse.reports.render import write_page
+
+    sections = classification_sections(eval_dir)
+    items = [{"png": p.read_bytes(), "caption": p.name} for p in cams]
+    if items:
+        sections.append({"title": "Grad-CAM of fixed test images (local, global and fusion branches)",
+                         "blocks": [{"kind": "gallery", "items": items}]})
+    lead = (f"{summary['epochs']} epochs at {summary['img_size']}², {summary['seconds']} s in total. Classes: few vs "
+            f"many blobs (MONAI create_test_image_2d). Run folder: {summary['run_dir']}.")
+    write_page(out / "summary.html", f"glfuse demo — {summary['model']} on synthetic images", sections, lead=lead)

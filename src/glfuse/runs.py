@@ -65,7 +65,7 @@ _TASK_ALIASES = {"stage": "staging", "classify": "classification", "fuse": "fusi
 
 #: names (and ``epoch_*`` / ``*.tmp`` / ``*.old`` folders) a run writes; ``overwrite`` removes these and nothing else
 RUN_OUTPUTS = ("config.yaml", "log.csv", "log.json", "summary.json", "split.json", "best", "last", "eval", "report.html",
-               "README.md")
+               "tensorboard", "mlruns")
 LOCK_NAME = ".lock"
 
 ResumeMode = bool | Literal["auto"]
@@ -90,6 +90,25 @@ class Run:
     def main(self) -> bool:
         """True on the process that writes (rank 0)."""
         return self.rank == 0
+
+    def finish(self) -> None:
+        """Rank 0, after training: ``report.html`` of the run (training curves, and the test evaluation when the run
+        made one in ``eval/``) and the model card ``best/README.md``. A report that cannot be built is a warning: the
+        trained model is already safe."""
+        if not self.main:
+            return
+        import warnings
+
+        from glfuse.reports import build_report, write_model_card
+
+        eval_dir = self.dir / "eval"
+        try:
+            build_report(self.dir)
+            if (self.dir / "best" / CONFIG_NAME).is_file():
+                write_model_card(self.dir / "best", eval_dir=eval_dir if eval_dir.is_dir() else None)
+        except Exception as e:  # noqa: BLE001 - reporting must not turn a finished training into a failure
+            warnings.warn(f"{self.dir}: training finished, but its report could not be written ({e}); rebuild it "
+                          f"with `glfuse report {self.dir}`", RuntimeWarning, stacklevel=2)
 
     def close(self) -> None:
         """Release the lock (also released by the kernel when the process dies)."""

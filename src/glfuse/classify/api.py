@@ -27,7 +27,9 @@ from glfuse.engine import TrainConfig
 __all__ = [
     "ModelSection",
     "DataSection",
+    "LossSection",
     "ClassifyConfig",
+    "class_weights",
     "ClassificationTask",
     "build_datasets",
     "load_classifier",
@@ -82,27 +84,66 @@ class DataSection:
 
 
 @dataclass
+class LossSection:
+    """``loss:`` — the training loss (cross-entropy).
+
+    ``class_weights``: ``none`` (plain cross-entropy), ``balanced`` (weight of class k = N / (K · N_k) over the training
+    images, as scikit-learn's "balanced") or a list of K weights in class order. ``label_smoothing``: as in
+    ``torch.nn.functional.cross_entropy``. With imbalanced data also set ``train.monitor=balanced_acc`` (or ``f1``) so
+    the best checkpoint is not chosen on plain accuracy.
+    """
+
+    class_weights: str | list[float] = "none"
+    label_smoothing: float = 0.0
+
+
+@dataclass
 class ClassifyConfig:
-    """A classification preset: ``model``, ``data``, ``train`` sections."""
+    """A classification preset: ``model``, ``data``, ``loss``, ``train`` sections."""
 
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
+    loss: LossSection = field(default_factory=LossSection)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def class_weights(spec: str | list[float], counts: list[int]) -> torch.Tensor | None:
+    """Cross-entropy class weights from ``loss.class_weights`` and the training images per class (None = unweighted)."""
+    k = len(counts)
+    if isinstance(spec, str):
+        if spec == "none":
+            return None
+        if spec != "balanced":
+            raise ValueError(f"config key 'loss.class_weights': expected none, balanced or a list of {k} weights, "
+                             f"got {spec!r}")
+        if min(counts) <= 0:
+            raise ValueError(f"config key 'loss.class_weights': balanced weights need every class in the training "
+                             f"data; counts are {counts}")
+        n = sum(counts)
+        return torch.tensor([n / (k * c) for c in counts], dtype=torch.float32)
+    if len(spec) != k or any(w < 0 for w in spec) or not any(w > 0 for w in spec):
+        raise ValueError(f"config key 'loss.class_weights': expected {k} non-negative weights (one per class), got {spec}")
+    return torch.tensor([float(w) for w in spec], dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------------------------------------------- task
 class ClassificationTask:
-    """Engine task: cross-entropy training; ``predict_step`` → ``probs`` [B, K] and ``targets`` [B]; metrics from
+    """Engine task: cross-entropy training (optionally class-weighted: ``class_weights`` [K]); ``predict_step`` →
+    ``probs`` [B, K] and ``targets`` [B]; metrics from
     :func:`glfuse.metrics.classification.classification_metrics` (``acc``, ``f1``, ``precision``, ``recall``,
     ``specificity``, ``auc``)."""
 
-    def __init__(self, class_names: list[str] | None = None, label_smoothing: float = 0.0) -> None:
+    def __init__(self, class_names: list[str] | None = None, label_smoothing: float = 0.0,
+                 class_weights: torch.Tensor | None = None) -> None:
         self.class_names = class_names
         self.label_smoothing = label_smoothing
+        self.class_weights = class_weights
 
     def training_step(self, model: nn.Module, batch: Any) -> torch.Tensor:
         x, y = batch[0], batch[1]
-        return F.cross_entropy(model(x).float(), y, label_smoothing=self.label_smoothing)
+        logits = model(x).float()
+        w = None if self.class_weights is None else self.class_weights.to(logits.device)
+        return F.cross_entropy(logits, y, weight=w, label_smoothing=self.label_smoothing)
 
     def predict_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         x, y = batch[0], batch[1]
@@ -247,7 +288,9 @@ def train(cfg: ClassifyConfig, run_dir: str | Path, *, resume: bool | str = Fals
 
     check_train_config(cfg.train)  # before any file is touched
     with open_run(run_dir, "classification", resume=resume, overwrite=overwrite, device=cfg.train.device) as run:
-        return _train(cfg, run)
+        summary = _train(cfg, run)
+        run.finish()  # report.html + model card
+        return summary
 
 
 def _train(cfg: ClassifyConfig, run: Any) -> dict[str, Any]:
@@ -268,9 +311,12 @@ def _train(cfg: ClassifyConfig, run: Any) -> dict[str, Any]:
     model = create_model(cfg.model.name, **_model_args(cfg, len(classes)))
     if run.main:
         save_config(cfg, run_dir / "config.yaml")
+    counts = train_ds.class_counts()
+    weights = class_weights(cfg.loss.class_weights, [counts[c] for c in classes])
     extra = {"class_names": classes, "preprocessing": _preprocessing(cfg.data), "task": "classification",
-             "train_counts": train_ds.class_counts()}
-    return fit(model, ClassificationTask(classes), train_ds, val_ds, cfg.train, run_dir, resume=run.resume,
+             "train_counts": counts, "class_weights": None if weights is None else weights.tolist()}
+    task = ClassificationTask(classes, cfg.loss.label_smoothing, weights)
+    return fit(model, task, train_ds, val_ds, cfg.train, run_dir, resume=run.resume,
                model_extra=extra)
 
 
@@ -322,7 +368,8 @@ def _eval_dataset_of(mcfg: dict[str, Any], mdir: Path, data: str | Path | None, 
 
 def evaluate(model_dir: str | Path, out_dir: str | Path, *, data: str | Path | None = None, split: str = "test",
              batch_size: int = 32, device: str = "auto", skip_bad: bool = False, overwrite: bool = False,
-             flops: bool = True, progress: bool = True, print_row: bool = True,
+             flops: bool = True, progress: bool = True, print_row: bool = True, calibrate: bool = False,
+             cams: int = 6, n_boot: int = 1000, report: bool = True, positive_class: str | None = None,
              window: str | None = None) -> dict[str, Any]:
     """Evaluate a saved classifier and write the report to ``out_dir``.
 
@@ -331,43 +378,174 @@ def evaluate(model_dir: str | Path, out_dir: str | Path, *, data: str | Path | N
     Data: ``data`` (a class-folder tree, a ``path,label`` CSV, or a COVID-CT root with ``Data-split`` + ``split``), or
     by default the run's own ``config.yaml`` section ``data.<split>``. Returns the metrics dict (plus ``params``,
     ``gflops``, ``table``).
+
+    Args:
+        calibrate: first fit a temperature on the run's validation split (:func:`fit_temperature_on_val`), store it in
+            the model's ``config.json`` and apply it here and in :func:`predict`. A stored temperature is always applied.
+        cams: Grad-CAM figures for the ``cams`` most confident mistakes (and, if fewer mistakes, most confident correct
+            predictions) into ``out_dir/cam/`` (0 = none).
+        n_boot: bootstrap resamples (of images) for the 95 % CIs. report: write ``out_dir/report.html``.
+        positive_class: binary tasks: the class whose sensitivity / specificity are reported (default: the second).
     """
     from glfuse.engine import evaluate as run_eval
     from glfuse.files import all_or_nothing, save_json, write_text
-    from glfuse.metrics.classification import classification_metrics, format_table_row, save_classification_report
-    from glfuse.profile import count_params, model_summary
+    from glfuse.metrics.classification import (
+        classification_metrics,
+        format_table_row,
+        positive_index,
+        save_classification_report,
+    )
 
     out_dir = Path(out_dir)
     dev = _device(device)
+    if calibrate:
+        fit_temperature_on_val(model_dir, batch_size=batch_size, device=device, overwrite=overwrite, progress=progress)
     model, mcfg, mdir = load_classifier(model_dir, str(dev))
     if (out_dir / "metrics.json").exists() and not overwrite:
         raise FileExistsError(f"{out_dir / 'metrics.json'} exists; pass --overwrite to replace it")
     ds, where = _eval_dataset(mcfg, mdir, data, split, skip_bad, window)
     classes = list(mcfg["class_names"])
-    task = ClassificationTask(classes)
-    _, outputs = run_eval(model, task, ds, batch_size=batch_size, device=dev, progress=progress)
-    metrics = classification_metrics(outputs["probs"], outputs["targets"], classes)
-    params, gflops = count_params(model), None
-    if flops:
-        try:
-            info = model_summary(mcfg["arch"], **mcfg.get("model_args", {}))
-            gflops = info["gflops"]
-        except Exception:  # noqa: BLE001 - FLOPs are informative only (e.g. timm models outside the registry)
-            gflops = None
+    _, outputs = run_eval(model, ClassificationTask(classes), ds, batch_size=batch_size, device=dev, progress=progress)
+    probs, extra = _calibrated(outputs["probs"], mcfg)
+    if extra:
+        from glfuse.metrics.calibration import expected_calibration_error
+
+        extra["ece_uncalibrated"] = expected_calibration_error(outputs["probs"], outputs["targets"])
+    metrics = classification_metrics(probs, outputs["targets"], classes, positive_class)
+    metrics.update(_cis(probs, outputs["targets"], n_boot, positive=positive_index(classes, positive_class)))
+    params, gflops, shape = _size_at_input(model, mcfg, dev, flops)
     name = mcfg["arch"]
     table = format_table_row(metrics, name, params, gflops)
-    extra = {"model_dir": str(mdir), "arch": name, "data": where, "split": split, "params": params, "gflops": gflops}
-    report = [out_dir / f for f in ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png",
-                                     "predictions.csv", "table.json", "table.md")]
-    with all_or_nothing(report):  # a failed write (e.g. disk full) leaves no half report
+    extra.update({"model_dir": str(mdir), "arch": name, "data": where, "split": split, "params": params,
+                  "gflops": gflops, "flops_input": shape})
+    files = [out_dir / f for f in ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png",
+                                   "predictions.csv", "table.json", "table.md")]
+    with all_or_nothing(files):  # a failed write (e.g. disk full) leaves no half report
         save_classification_report(metrics, out_dir, classes, title=f"{name} — {where}", extra=extra,
                                    overwrite=overwrite)
-        _write_predictions(out_dir / "predictions.csv", ds.paths, outputs["probs"], classes, outputs["targets"])
+        _write_predictions(out_dir / "predictions.csv", ds.paths, probs, classes, outputs["targets"])
         save_json({"table": table}, out_dir / "table.json")
         write_text(out_dir / "table.md", table + "\n")
+    if cams:
+        _mistake_cams(model, mcfg, ds.paths, probs, outputs["targets"], out_dir / "cam", cams, overwrite)
+    if report:
+        from glfuse.reports import build_report
+
+        build_report(out_dir)
     if print_row:
         print(table)
-    return {**metrics, "params": params, "gflops": gflops, "table": table}
+    return {**metrics, **extra, "table": table}
+
+
+def _calibrated(probs: torch.Tensor, mcfg: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Probabilities with the model's stored temperature applied (if any) and the report entries saying so."""
+    from glfuse.metrics.calibration import apply_temperature
+
+    t = mcfg.get("temperature")
+    if not t:
+        return probs, {}
+    return apply_temperature(probs, t, is_probs=True), {"temperature": t,
+                                                         "temperature_split": mcfg.get("temperature_split", "val")}
+
+
+def _cis(probs: torch.Tensor, targets: torch.Tensor, n_boot: int, groups: Any = None,
+         unit: str = "images", positive: int = 1) -> dict[str, Any]:
+    from glfuse.metrics.bootstrap import bootstrap_cis
+
+    if n_boot <= 0:
+        return {}
+    ci = bootstrap_cis(probs.numpy(), targets.numpy(), groups, n_boot=n_boot, seed=0, positive=positive)
+    return {"ci": ci, "ci_info": {"method": "percentile bootstrap", "n_boot": n_boot, "level": 0.95, "unit": unit,
+                                  "seed": 0}}
+
+
+def _size_at_input(model: nn.Module, mcfg: dict[str, Any], dev: torch.device, flops: bool
+                   ) -> tuple[int, float | None, str]:
+    """Parameters and GFLOPs of one forward pass at the preprocessing's input size (the size actually evaluated)."""
+    from glfuse.profile import count_flops, count_params
+
+    pre = mcfg["preprocessing"]
+    shape = f"{pre['in_chans']}×{pre['img_size']}×{pre['img_size']}"
+    gflops = None
+    if flops:
+        try:
+            x = torch.zeros(1, pre["in_chans"], pre["img_size"], pre["img_size"], device=dev)
+            gflops = count_flops(model, (x,)) / 1e9
+        except Exception:  # noqa: BLE001 - FLOPs are informative only
+            gflops = None
+    return count_params(model), gflops, shape
+
+
+def fit_temperature_on_val(model_dir: str | Path, *, split: str = "val", data: str | Path | None = None,
+                           batch_size: int = 32, device: str = "auto", overwrite: bool = False,
+                           progress: bool = True) -> float:
+    """Fit temperature scaling on ``split`` (default the run's validation split) and store ``temperature`` in the model
+    folder's ``config.json`` (refuses to replace a stored one unless ``overwrite``). Returns T."""
+    import json
+
+    from glfuse.checkpoint import CONFIG_NAME, save_json
+    from glfuse.engine import evaluate as run_eval
+    from glfuse.metrics.calibration import fit_temperature
+
+    dev = _device(device)
+    model, mcfg, mdir = load_classifier(model_dir, str(dev))
+    if mcfg.get("temperature") and not overwrite:
+        raise FileExistsError(f"{mdir / CONFIG_NAME} already holds temperature {mcfg['temperature']:.4f}; pass "
+                              "--overwrite to fit it again")
+    ds, where = _eval_dataset(mcfg, mdir, data, split, False)
+    _, out = run_eval(model, ClassificationTask(list(mcfg["class_names"])), ds, batch_size=batch_size, device=dev,
+                      progress=progress, description="calibrate")
+    t = fit_temperature(out["probs"], out["targets"], is_probs=True)
+    cfg = json.loads((mdir / CONFIG_NAME).read_text())
+    cfg.update({"temperature": t, "temperature_split": where})
+    save_json(cfg, mdir / CONFIG_NAME)
+    return t
+
+
+def _mistake_cams(model: nn.Module, mcfg: dict[str, Any], paths: list[Path], probs: torch.Tensor,
+                  targets: torch.Tensor, out: Path, n: int, overwrite: bool) -> list[Path]:
+    """Grad-CAMs of the most confident mistakes (then the most confident correct predictions) + ``index.json``."""
+    from glfuse.checkpoint import save_json
+
+    conf, pred = probs.max(1)
+    wrong = [int(i) for i in torch.argsort(conf, descending=True) if pred[i] != targets[i]]
+    right = [int(i) for i in torch.argsort(conf, descending=True) if pred[i] == targets[i]]
+    chosen = wrong[: max(n - min(2, len(right)), n // 2)] if wrong else []
+    chosen += right[: n - len(chosen)]
+    if (out / "index.json").exists() and not overwrite:
+        raise FileExistsError(f"{out / 'index.json'} exists; pass --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    index, files = [], []
+    for rank, i in enumerate(chosen):
+        kind = "mistake" if i in wrong else "correct"
+        f = out / f"{rank:02d}_{kind}_{Path(paths[i]).stem}.png"
+        caption = _cam_one(model, mcfg, Path(paths[i]), f, int(targets[i]))
+        index.append({"file": f.name, "caption": f"{kind}: {caption}", "kind": kind})
+        files.append(f)
+    save_json(index, out / "index.json")
+    return files
+
+
+def _cam_one(model: nn.Module, mcfg: dict[str, Any], path: Path, out: Path, true_idx: int | None,
+             target: int | None = None, layers: dict[str, nn.Module] | None = None, window: str | None = None) -> str:
+    """One Grad-CAM figure titled with the true class (when known) and the predicted class; returns the title."""
+    from glfuse.cam import default_cam_layers, grad_cam, save_cam_figure
+    from glfuse.data.images import load_image
+
+    classes = list(mcfg["class_names"])
+    pre = mcfg["preprocessing"]
+    dev = next(model.parameters()).device
+    x = _eval_transform(pre)(load_image(path, pre["in_chans"], _window(window or pre.get("window", "auto"))))
+    maps, logits = grad_cam(model, x[None].to(dev), layers or default_cam_layers(model), target)
+    prob, _ = _calibrated(logits.float().softmax(1).cpu(), mcfg)
+    prob = prob[0]
+    pred = int(prob.argmax())
+    k = int(target) if target is not None else pred
+    shown = (x * torch.tensor(pre["std"]).view(-1, 1, 1) + torch.tensor(pre["mean"]).view(-1, 1, 1)).clamp(0, 1)
+    true = f"true {classes[true_idx]} · " if true_idx is not None and true_idx >= 0 else ""
+    title = f"{path.name}: {true}predicted {classes[pred]} (p={float(prob[pred]):.2f}) · CAM for {classes[k]}"
+    save_cam_figure(out, shown, {n: m[0] for n, m in maps.items()}, title=title)
+    return title
 
 
 def _write_predictions(path: Path, paths: list[Path], probs: torch.Tensor, classes: list[str],
@@ -435,7 +613,7 @@ def predict(model_dir: str | Path, inputs: list[str | Path] | str | Path, out_cs
 
     _, outputs = run_eval(model, _NoMetrics(classes), ds, batch_size=batch_size, device=dev, progress=progress,
                           description="predict")
-    probs = outputs["probs"]
+    probs, _ = _calibrated(outputs["probs"], mcfg)  # the stored temperature scaling, if any
     _write_predictions(out_csv, ds.paths, probs, classes)
     pred = probs.argmax(1)
     return [{"path": str(p), "pred": int(pred[i]), "pred_name": classes[int(pred[i])],
@@ -450,15 +628,14 @@ def cam(model_dir: str | Path, inputs: list[str | Path] | str | Path, out_dir: s
 
     ``layers``: names among the model's ``cam_layers()`` (HiFuse: ``local``, ``global``, ``fusion``); default all (or the
     last Conv2d for models without ``cam_layers``). ``target``: class index or name (default: the predicted class).
+    Titles name the predicted class and, when an image sits in a folder named after a class, the true class.
     """
-    from glfuse.cam import default_cam_layers, grad_cam, save_cam_figure
-    from glfuse.data.images import load_image
+    from glfuse.cam import default_cam_layers
 
     out_dir = Path(out_dir)
     dev = _device(device)
     model, mcfg, _ = load_classifier(model_dir, str(dev))
     classes = list(mcfg["class_names"])
-    pre = mcfg["preprocessing"]
     available = default_cam_layers(model)
     if layers:
         unknown = [n for n in layers if n not in available]
@@ -477,15 +654,7 @@ def cam(model_dir: str | Path, inputs: list[str | Path] | str | Path, out_dir: s
     existing = [o for o in outs if o.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
-    tf = _eval_transform(pre)
-    mean = torch.tensor(pre["mean"]).view(-1, 1, 1)
-    std = torch.tensor(pre["std"]).view(-1, 1, 1)
     for p, o in zip(files, outs):
-        x = tf(load_image(p, pre["in_chans"], _window(window or pre.get("window", "auto"))))
-        maps, logits = grad_cam(model, x[None].to(dev), available, target)
-        prob = logits.float().softmax(1)[0]
-        k = int(target) if target is not None else int(prob.argmax())
-        shown = (x * std + mean).clamp(0, 1)
-        title = f"{p.name}: class {classes[k]} (p={float(prob[k]):.2f})"
-        save_cam_figure(o, shown, {n: m[0] for n, m in maps.items()}, title=title)
+        true = classes.index(p.parent.name) if p.parent.name in classes else None  # class-folder trees: the true class
+        _cam_one(model, mcfg, p, o, true, target, available, window)
     return outs

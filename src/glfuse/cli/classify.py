@@ -24,7 +24,11 @@ def add_parser(sub) -> None:
     p = sub.add_parser("classify", help="2-D image classification (HiFuse, baselines): train/evaluate/predict/cam",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     csub = p.add_subparsers(dest="classify_command", metavar="SUBCOMMAND", required=True)
+    for add in (_add_train, _add_evaluate, _add_compare, _add_predict, _add_cam, _add_split):
+        add(csub)
 
+
+def _add_train(csub) -> None:
     t = csub.add_parser("train", help="train a classifier from a preset or YAML config", epilog=EPILOG,
                         description="Train from a preset (glfuse/configs/<name>.yaml) or a YAML file, with key=value "
                                     "overrides (e.g. train.epochs=5 model.name=resnet50 data.root=DIR). The resolved "
@@ -32,51 +36,78 @@ def add_parser(sub) -> None:
     add_train_args(t, example="hifuse_covid_ct")
     t.set_defaults(func=cmd_train)
 
+
+def _model_inputs(p: argparse.ArgumentParser, output: str, *, images: bool = True) -> None:
+    """``MODEL [INPUTS...] -o OUTPUT`` of the commands that apply a trained classifier."""
+    p.add_argument("model", help="run folder (uses best/) or model folder (best/, last/, epoch_N/)")
+    if images:
+        p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("-o", "--output", required=True, help=output)
+
+
+def _add_evaluate(csub) -> None:
     e = csub.add_parser("evaluate", help="evaluate a trained model: metrics, confusion matrix, table row",
-                        description="Writes metrics.json, per_class.csv, confusion_matrix.csv/png, predictions.csv and "
-                                    "table.md to --output and prints the paper's row (Acc, F1, Prec, Recall, AUC, "
+                        description="Writes report.html, metrics.json (with bootstrap 95%% CIs), per_class.csv, "
+                                    "confusion_matrix.csv/png, predictions.csv, cam/ and table.md to --output and "
+                                    "prints the paper's row (Acc, F1, Prec, Recall, AUC, "
                                     "params, GFLOPs). Data: the run's own config (--split) or --data.")
-    e.add_argument("model", help="run folder (uses best/) or model folder (best/, last/, epoch_N/)")
+    _model_inputs(e, "report folder", images=False)
     e.add_argument("--data", default=None,
                    help="class-folder tree, path,label CSV, or split-file root (with Data-split/); default: the run's "
                         "config")
     e.add_argument("--split", default="test", help="split of the run's config or of a split-file root (default test)")
-    e.add_argument("-o", "--output", required=True, help="report folder")
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (with a warning)")
     e.add_argument("--no-flops", action="store_true", help="skip the GFLOPs count")
-    _window_arg(e)
-    e.add_argument("--overwrite", action="store_true", help="replace an existing report")
-    add_common(e)
+    e.add_argument("--calibrate", action="store_true",
+                   help="fit temperature scaling on the run's val split first; stored in the model's config.json and "
+                        "applied by evaluate and predict from then on")
+    e.add_argument("--cams", type=int, default=6, help="Grad-CAMs of the most confident mistakes (default 6; 0 = none)")
+    e.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (default 1000)")
+    e.add_argument("--positive-class", default=None,
+                   help="binary tasks: class whose sensitivity/specificity are reported (default: the second class)")
+    _apply_args(e, "replace an existing report")
     e.set_defaults(func=cmd_evaluate)
 
+
+def _add_compare(csub) -> None:
+    m = csub.add_parser("compare", help="train + evaluate several models on one dataset: the HiFuse Table 5 shape",
+                        description="Trains every --models entry with the same config (preset/YAML + key=value "
+                                    "overrides, e.g. train.epochs=2 data.img_size=64 train.max_steps_per_epoch=20 for a "
+                                    "short CPU recipe, stated in the table's caption), evaluates each on the test split "
+                                    "and writes classify_compare.csv/.md (Acc/F1/Prec/Recall with 95%% CIs, params, "
+                                    "FLOPs, train and inference throughput) and report.html.")
+    m.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (anywhere on the line)")
+    m.add_argument("--models", required=True, help="comma-separated registered models, e.g. "
+                                                    "hifuse_tiny,resnet50,vit_base_patch16_224,efficientnet_b0")
+    m.add_argument("-c", "--config", default="hifuse_covid_ct", help="preset name or YAML path")
+    m.add_argument("-o", "--output", required=True, help="output folder (one run folder per model inside)")
+    m.add_argument("--reuse", action="store_true", help="keep models already trained in --output")
+    m.add_argument("--overwrite", action="store_true", help="retrain and replace everything in --output")
+    add_common(m)
+    m.set_defaults(func=cmd_compare)
+
+
+def _add_predict(csub) -> None:
     r = csub.add_parser("predict", help="class probabilities of images → CSV",
                         description="Applies the model's saved eval preprocessing; writes path, pred, pred_name, "
                                     "prob_<class> per image.")
-    r.add_argument("model", help="run folder or model folder")
-    r.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    r.add_argument("-o", "--output", required=True, help="output CSV")
-    r.add_argument("--batch-size", type=int, default=32)
-    r.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (with a warning)")
-    r.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
-    _window_arg(r)
-    add_common(r)
+    _model_inputs(r, "output CSV")
+    _apply_args(r, "replace an existing CSV")
     r.set_defaults(func=cmd_predict)
 
+
+def _add_cam(csub) -> None:
     g = csub.add_parser("cam", help="Grad-CAM figures (HiFuse: local/global/fusion branches)",
                         description="One PNG per image: input | Grad-CAM overlay per layer, for the predicted class "
                                     "(or --target).")
-    g.add_argument("model", help="run folder or model folder")
-    g.add_argument("inputs", nargs="+", help="image files and/or folders")
-    g.add_argument("-o", "--output", required=True, help="output folder")
+    _model_inputs(g, "output folder")
     g.add_argument("--layers", nargs="+", default=None,
                    help="layer names from the model's cam_layers() (HiFuse: local global fusion); default all")
     g.add_argument("--target", default=None, help="class name or index (default: predicted class)")
-    g.add_argument("--overwrite", action="store_true", help="replace existing figures")
-    _window_arg(g)
-    add_common(g)
+    _apply_args(g, "replace existing figures", batch=False)
     g.set_defaults(func=cmd_cam)
 
+
+def _add_split(csub) -> None:
     s = csub.add_parser("split", help="seeded stratified train/val/test (or k-fold) CSVs of a class-folder tree",
                         description="Writes OUTPUT/{train,val,test}.csv (or OUTPUT/fold<i>/{train,val}.csv with "
                                     "--kfold), header path,label, paths relative to OUTPUT; train with data.kind=csv "
@@ -89,6 +120,16 @@ def add_parser(sub) -> None:
     s.add_argument("--overwrite", action="store_true", help="replace existing split files")
     add_common(s, device=False, threads=False)
     s.set_defaults(func=cmd_split)
+
+
+def _apply_args(p: argparse.ArgumentParser, overwrite_help: str, *, batch: bool = True) -> None:
+    """Flags of every command that applies a model to images: batch size, bad files, CT window, overwrite, common."""
+    if batch:
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (with a warning)")
+    _window_arg(p)
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    add_common(p)
 
 
 def _window_arg(p: argparse.ArgumentParser) -> None:
@@ -113,8 +154,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     evaluate(args.model, args.output, data=args.data, split=args.split, batch_size=args.batch_size, device=args.device,
              skip_bad=args.skip_bad, overwrite=args.overwrite, flops=not args.no_flops, progress=progress(args),
-             window=args.window)
-    print(f"report written to {args.output}")
+             window=args.window, calibrate=args.calibrate, cams=args.cams, n_boot=args.n_boot,
+             positive_class=args.positive_class)
+    print(f"report written to {Path(args.output) / 'report.html'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from glfuse.classify.api import ClassifyConfig
+    from glfuse.classify.compare import compare_models
+    from glfuse.config import build_config
+
+    cfg = build_config(ClassifyConfig, args.config, train_overrides(args))
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    compare_models(models, cfg, args.output, overwrite=args.overwrite, reuse=args.reuse)
+    print((Path(args.output) / "classify_compare.md").read_text())
+    print(f"report: {Path(args.output) / 'report.html'}")
     return 0
 
 

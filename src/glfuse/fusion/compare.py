@@ -183,7 +183,7 @@ def compare_methods(
 ) -> dict[str, Any]:
     """Fuse ``a_dir``/``b_dir`` with every method into ``out_dir/fused/<label>/``, evaluate each, and write
     ``compare.csv`` / ``compare.md`` (rows = methods, columns = metrics, mean ± std), ``per_image/<label>.csv``,
-    ``conventions.json`` and ``grid.png`` (sources + each method for ``grid_pairs`` pairs).
+    ``conventions.json``, ``grid.png`` (sources + each method for ``grid_pairs`` pairs) and ``report.html``.
 
     ``reuse=True`` keeps a method's existing complete fused folder instead of refusing (``overwrite`` re-fuses)."""
     from glfuse.data.image_io import pair_folders
@@ -236,7 +236,10 @@ def compare_methods(
     grid = None
     if grid_pairs > 0:
         grid = save_grid(out_dir / "grid.png", pairs[:grid_pairs], fused_dirs)
-    return {"results": results, "methods": notes, "grid": grid, "table_md": out_dir / "compare.md",
+    from glfuse.reports import build_report
+
+    report = build_report(out_dir)
+    return {"report": report, "results": results, "methods": notes, "grid": grid, "table_md": out_dir / "compare.md",
             "table_csv": out_dir / "compare.csv"}
 
 

@@ -207,7 +207,9 @@ def train(cfg: FusionConfig, run_dir: str | Path, *, resume: bool | str = False,
 
     check_train_config(cfg.train)  # before any file is touched
     with open_run(run_dir, "fusion", resume=resume, overwrite=overwrite, device=cfg.train.device) as run:
-        return _train(cfg, run)
+        summary = _train(cfg, run)
+        run.finish()  # report.html + model card
+        return summary
 
 
 def _train(cfg: FusionConfig, run: Any) -> dict[str, Any]:

@@ -2,9 +2,12 @@
 
 ``classification_metrics(probs, targets, class_names)`` returns plain Python types:
 
-* ``acc`` (overall accuracy), ``precision``, ``recall``, ``f1``, ``specificity`` (macro averages over classes),
-  ``auc`` (one-vs-rest ROC AUC, macro over the classes that have both positives and negatives; with two classes the AUC
-  of the positive class 1), ``n``;
+* ``acc`` (overall accuracy), ``balanced_acc`` (balanced accuracy = mean recall over the classes present in the
+  targets), ``precision``, ``recall``, ``f1``, ``specificity`` (macro averages over classes), ``auc`` (one-vs-rest ROC
+  AUC, macro over the classes that have both positives and negatives; with two classes the AUC of the positive class 1),
+  ``ece`` (top-label expected calibration error, 15 bins, :mod:`glfuse.metrics.calibration`), ``n``;
+* binary tasks only: ``sensitivity_pos`` / ``specificity_pos`` of the positive class (``positive_class``: index 1
+  unless ``positive`` names another class);
 * ``per_class``: ``{class: {precision, recall, f1, specificity, auc, support}}``;
 * ``confusion_matrix``: rows = true class, columns = predicted class; ``class_names``.
 
@@ -21,9 +24,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["SCALAR_KEYS", "classification_metrics", "format_table_row", "save_classification_report"]
+__all__ = ["SCALAR_KEYS", "classification_metrics", "format_table_row", "plot_confusion", "positive_index",
+           "save_classification_report"]
 
-SCALAR_KEYS = ("acc", "f1", "precision", "recall", "specificity", "auc")
+SCALAR_KEYS = ("acc", "balanced_acc", "f1", "precision", "recall", "specificity", "auc", "ece")
 
 
 def _nan_to_none(x: float) -> float | None:
@@ -31,8 +35,9 @@ def _nan_to_none(x: float) -> float | None:
 
 
 def classification_metrics(probs: torch.Tensor, targets: torch.Tensor,
-                           class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Metrics of ``probs [N, C]`` (probabilities or scores) against ``targets [N]`` (class indices)."""
+                           class_names: Sequence[str] | None = None, positive: int | str | None = None) -> dict[str, Any]:
+    """Metrics of ``probs [N, C]`` (probabilities or scores) against ``targets [N]`` (class indices); ``positive``:
+    the positive class (index or name) of a binary task, default index 1."""
     from torchmetrics.functional.classification import binary_auroc, multiclass_confusion_matrix
 
     probs = torch.as_tensor(probs).detach().float().cpu()
@@ -85,18 +90,42 @@ def classification_metrics(probs: torch.Tensor, targets: torch.Tensor,
                    "specificity": float(spec[k]), "auc": _nan_to_none(aucs[k]), "support": int(support[k])}
         for k in range(c)
     }
+    from glfuse.metrics.calibration import expected_calibration_error
+
+    binary = {}
+    if c == 2:
+        pos = positive_index(names, positive)
+        binary = {"positive_class": names[pos], "sensitivity_pos": float(recall[pos]),
+                  "specificity_pos": float(spec[pos])}
     return {
         "n": n,
         "acc": float(tp.sum() / n),
+        "balanced_acc": float(recall[support > 0].mean()),
         "precision": macro(precision),
         "recall": macro(recall),
         "f1": macro(f1),
         "specificity": macro(spec),
         "auc": _nan_to_none(auc),
+        "ece": expected_calibration_error(probs.numpy(), targets.numpy()),
+        **binary,
         "class_names": names,
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def positive_index(names: Sequence[str], positive: int | str | None) -> int:
+    """Index of the positive class (a name or index; None = 1)."""
+    if positive is None:
+        return 1
+    if isinstance(positive, str) and not positive.isdigit():
+        if positive not in names:
+            raise ValueError(f"positive class {positive!r} is not a class: {list(names)}")
+        return list(names).index(positive)
+    k = int(positive)
+    if not 0 <= k < len(names):
+        raise ValueError(f"positive class index {k} out of range for {len(names)} classes")
+    return k
 
 
 def format_table_row(metrics: dict[str, Any], name: str = "", params: int | None = None,
@@ -139,29 +168,33 @@ def save_classification_report(metrics: dict[str, Any], out_dir: str | Path, cla
               header=["class", *cols, "support"])
     cm = metrics["confusion_matrix"]
     write_csv(paths["confusion_csv"], [[c, *row] for c, row in zip(names, cm)], header=["true \\ predicted", *names])
-    atomic_write(paths["confusion_png"], lambda tmp: _plot_confusion(cm, names, title, tmp))
+    atomic_write(paths["confusion_png"], lambda tmp: plot_confusion(cm, names, title, tmp))
     return paths
 
 
-def _plot_confusion(cm: list[list[int]], names: list[str], title: str, path: str) -> None:
+def plot_confusion(cm: list[list[int]], names: list[str], title: str, path: Any) -> None:
+    """Counts (left) and row-normalised rates (right). Text is white only where the cell colour is dark."""
     import numpy as np
     from matplotlib.figure import Figure  # no pyplot: no global backend state, safe in any thread
 
     arr = np.asarray(cm, dtype=float)
+    rows = arr.sum(1, keepdims=True)
+    norm = np.divide(arr, rows, out=np.zeros_like(arr), where=rows > 0)
     k = len(names)
-    size = max(3.5, 0.6 * k + 2.5)
-    fig = Figure(figsize=(size, size), dpi=120)
-    ax = fig.subplots()
-    ax.imshow(arr, cmap="Blues")
-    ax.set_xticks(range(k), names, rotation=45, ha="right")
-    ax.set_yticks(range(k), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    hi = arr.max() if arr.size else 0
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, int(arr[i, j]), ha="center", va="center",
-                    color="white" if hi and arr[i, j] > hi / 2 else "black")
-    fig.tight_layout()
+    size = max(3.2, 0.55 * k + 2.4)
+    fig = Figure(figsize=(2 * size + 0.6, size + 0.7), dpi=120, layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, data, sub, fmt in ((axes[0], arr, "counts", "{:.0f}"), (axes[1], norm, "row-normalised (recall)", "{:.2f}")):
+        im = ax.imshow(data, cmap="Blues", vmin=0, vmax=max(float(data.max()), 1e-12))
+        ax.set_xticks(range(k), names, rotation=45, ha="right")
+        ax.set_yticks(range(k), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(sub, fontsize=10)
+        for i in range(k):
+            for j in range(k):
+                r, g, b, _ = im.cmap(im.norm(data[i, j]))
+                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5  # luminance of the cell colour actually drawn
+                ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", color="white" if dark else "black")
+    fig.suptitle(title, fontsize=10, wrap=True)
     fig.savefig(path, format="png")

@@ -238,7 +238,9 @@ def train(cfg: StageConfig, run_dir: str | Path, *, resume: bool | str = False, 
 
     check_train_config(cfg.train)  # before any file is touched
     with open_run(run_dir, "staging", resume=resume, overwrite=overwrite, device=cfg.train.device) as run:
-        return _train(cfg, run, evaluate_test)
+        summary = _train(cfg, run, evaluate_test)
+        run.finish()  # report.html + model card
+        return summary
 
 
 def _train(cfg: StageConfig, run: Any, evaluate_test: bool) -> dict[str, Any]:
@@ -300,12 +302,13 @@ def _load(model_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[s
 
 def evaluate(model_dir: str | Path, cache: SliceCache | str | Path, split: str | Path | list[str] | None,
              out_dir: str | Path | None, *, part: str = "test", fold: int | None = None,
-             max_slices_per_case: Annotated[int, Range(ge=1)] | None = None, batch_size: int = 16, device: str = "auto",
-             overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+             max_slices_per_case: int | None = None, batch_size: int = 16, device: str = "auto",
+             overwrite: bool = False, progress: bool = True, n_boot: int = 1000, report: bool = True) -> dict[str, Any]:
     """Evaluate a trained model on ``part`` of a split file (or a list of case ids, or every cached case when None).
 
     Writes to ``out_dir`` (when given) ``case/`` and ``slice/`` classification reports (metrics.json, per_class.csv,
-    confusion matrix CSV/PNG), ``case_predictions.csv`` and ``slice_predictions.csv``. Returns
+    confusion matrix CSV/PNG, with bootstrap 95 % CIs resampling cases at both levels, ``n_boot`` resamples),
+    ``case_predictions.csv``, ``slice_predictions.csv`` and ``report.html`` (``report=True``). Returns
     ``{"case": metrics, "slice": metrics, "scalars": {case_acc, ...}}``."""
     from glfuse.metrics.classification import save_classification_report
 
@@ -331,6 +334,7 @@ def evaluate(model_dir: str | Path, cache: SliceCache | str | Path, split: str |
     scalars, outs = engine_evaluate(model, task, ds, batch_size=batch_size, device=next(model.parameters()).device,
                                     progress=progress, description="evaluate")
     full = staging_metrics(outs, names)
+    _add_cis(full, outs, n_boot)
     res = {"case": full["case"], "slice": full["slice"], "scalars": scalars}
     if out_dir is not None:
         out = Path(out_dir)
@@ -349,7 +353,26 @@ def evaluate(model_dir: str | Path, cache: SliceCache | str | Path, split: str |
                       *[f"{float(x):.6f}" for x in p]]
                      for c, s, t, p in zip(outs["case"], outs["slice"], outs["target"], outs["prob"])])
         save_json(scalars, out / "scalars.json")
+        if report:
+            from glfuse.reports import build_report
+
+            build_report(out)
     return res
+
+
+def _add_cis(full: dict[str, dict], outs: dict[str, torch.Tensor], n_boot: int) -> None:
+    """Bootstrap 95 % CIs resampling cases (not slices) at both levels: slice metrics use every slice of each drawn case."""
+    from glfuse.metrics.bootstrap import bootstrap_cis
+
+    if n_boot <= 0:
+        return
+    _, cp, ct = aggregate_cases(outs["prob"], outs["target"], outs["case"])
+    info = {"method": "percentile bootstrap", "n_boot": n_boot, "level": 0.95, "seed": 0}
+    full["case"]["ci"] = bootstrap_cis(cp.numpy(), ct.numpy(), n_boot=n_boot)
+    full["case"]["ci_info"] = {**info, "unit": "cases"}
+    full["slice"]["ci"] = bootstrap_cis(outs["prob"].float().numpy(), outs["target"].numpy(),
+                                        outs["case"].numpy(), n_boot=n_boot)
+    full["slice"]["ci_info"] = {**info, "unit": "cases (all slices of each drawn case)"}
 
 
 def _write_rows(path: Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -569,6 +592,9 @@ def ablate(variants: list[str], cfg: StageConfig, out_dir: str | Path, *, overwr
     md = _markdown(rows, cfg)
     atomic_write(out / "ablation.md", lambda tmp: Path(tmp).write_text(md))
     save_json({"config": config_to_dict(cfg), "variants": variants}, out / "ablation_config.json")
+    from glfuse.reports import build_report
+
+    build_report(out)  # report.html: the tables in the paper's layout + every variant's training curves
     return rows
 
 
