@@ -364,7 +364,7 @@ def progress_bar(enabled: bool = True, interval_s: float | None = None):
         TimeRemainingColumn,
     )
 
-    console = Console()
+    console = Console(quiet=not enabled)  # disabled: silent (older rich versions still printed a newline at exit)
     plain = enabled and not console.is_terminal
 
     class _Progress(Progress):
