@@ -70,7 +70,9 @@ class Fuser:
 
 
 def _network_fn(model: nn.Module) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    model.eval()
+    from glfuse.models import prepare_inference
+
+    prepare_inference(model, "fast")  # eval mode + the CPU-inference variants (in place; "reference" undoes it)
     channels_last = any(p.is_contiguous(memory_format=torch.channels_last) and p.ndim == 4 and p.shape[-1] > 1
                         for p in model.parameters())
 
