@@ -71,7 +71,8 @@ class Attention(nn.Module):
         """``x`` ``[..., N, C]`` tokens (any leading dimensions), ``bias`` an additive logit bias or None."""
         *lead, n, c = x.shape
         qkv = self.qkv(x).view(*lead, n, 3, self.num_heads, c // self.num_heads)
-        q, k, v = qkv.movedim(-3, 0).transpose(-3, -2).unbind(0)  # each [..., h, N, d]
+        nl = len(lead)  # [..., N, 3, h, d] -> [3, ..., h, N, d] (explicit non-negative permutation: exportable)
+        q, k, v = qkv.permute(nl + 1, *range(nl), nl + 2, nl, nl + 3).unbind(0)
         return self.proj(merge_heads(attend(q, k, v, bias, self.scale)))
 
 

@@ -253,7 +253,7 @@ class ChannelAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         pooled = torch.cat([x.amax((2, 3), keepdim=True), x.mean((2, 3), keepdim=True)], dim=0)  # one MLP pass
-        mx, av = self.fc2(self.act(self.fc1(pooled))).split(b, dim=0)
+        mx, av = self.fc2(self.act(self.fc1(pooled))).unflatten(0, (2, b)).unbind(0)
         return x * torch.sigmoid(mx + av)
 
 
