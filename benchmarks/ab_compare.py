@@ -9,8 +9,9 @@ model (seed 0), prepares it for inference the way that tree's inference code doe
 model, "fast")`` where it exists, otherwise ``eval()``: the older trees switched their fast path on by themselves under
 ``no_grad``), runs one warm-up and ``--iters`` timed forward passes under ``torch.inference_mode()``, and times a fixed
 float32 GEMM (``_vmprobe.py``) right before and after. Reported per tree and model: the median (and min–max) seconds
-per forward pass over all rounds, and the model's counted FLOP rate (``FlopCounterMode``; FFTs are not counted) as a
-fraction of the GEMM rate measured in the same worker, which takes out much of the machine's drift.
+per forward pass over all rounds, and the model's FLOP rate (FLOPs counted by ``FlopCounterMode`` on the plain-op
+path; FFTs are not counted) as a fraction of the GEMM rate measured in the same worker, which takes out much of the
+machine's drift.
 
 Workloads (defaults): HiFuse-Tiny batch 8 at 224², VDPF (ViT-B/16) batch 4 at 224², MACTFusion one 256² pair.
 Results: a table on stdout and JSON in ``benchmarks/results/ab_compare.json``.
@@ -65,12 +66,16 @@ def _worker(model_key: str, iters: int, threads: int, count_flops: bool) -> dict
     arch, batch, size = WORKLOADS[model_key]
     torch.manual_seed(0)
     kwargs = {"num_classes": 3, "img_size": size} if model_key == "vdpf" else {}
-    model = create_model(arch, **kwargs)
-    prepare = getattr(glfuse.models, "prepare_inference", None)
-    model = prepare(model, "fast") if prepare is not None else model.eval()
+    model = create_model(arch, **kwargs).eval()
     x = _inputs(model_key, batch, size)
-    res: dict = {"model": model_key, "arch": arch, "batch": batch, "size": size, "threads": threads,
-                 "prepared": prepare is not None, "probe_before": gemm_gflops(threads)}
+    res: dict = {"model": model_key, "arch": arch, "batch": batch, "size": size, "threads": threads}
+    if count_flops:  # on the plain-op path (autograd on, nothing prepared): FlopCounterMode does not see oneDNN ops
+        with FlopCounterMode(display=False) as fc:
+            model(*x)
+        res["flops"] = fc.get_total_flops()
+    prepare = getattr(glfuse.models, "prepare_inference", None)
+    model = prepare(model, "fast") if prepare is not None else model
+    res.update(prepared=prepare is not None, probe_before=gemm_gflops(threads))
     with torch.inference_mode():
         model(*x)  # warm-up
         times = []
@@ -80,10 +85,6 @@ def _worker(model_key: str, iters: int, threads: int, count_flops: bool) -> dict
             times.append(time.perf_counter() - t)
     res["probe_after"] = gemm_gflops(threads)
     res["times"] = times
-    if count_flops:
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            model(*x)
-        res["flops"] = fc.get_total_flops()
     return res
 
 

@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glfuse", description="Global–local feature fusion for medical imaging.")
     p.add_argument("--version", action="version", version=f"glfuse {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for mod in ("models", "demo", *SYSTEMS):
+    for mod in ("models", "demo", *SYSTEMS, "export"):
         importlib.import_module(f"glfuse.cli.{mod}").add_parser(sub)
     return p
 
