@@ -153,6 +153,7 @@ def export_model(model_dir: str | Path, out: str | Path, format: str = "onnx", *
         "inputs": [{"name": n, "shape": ["batch", c, "height" if spec["dynamic_hw"] else s, "width" if spec["dynamic_hw"]
                                          else s], "dtype": "float32"} for n, (c, s) in spec["inputs"].items()],
         "outputs": spec["outputs"], "dynamic": ["batch", "height", "width"] if spec["dynamic_hw"] else ["batch"],
+        "spatial": "height and width: multiples of 8 (pad first)" if spec["dynamic_hw"] else f"{spec['size']}x{spec['size']}",
         "preprocessing": cfg.get("preprocessing"), "class_names": cfg.get("class_names"), "fusion": cfg.get("fusion"),
         "check": check, "glfuse_version": cfg.get("glfuse_version"),
     }
