@@ -69,10 +69,10 @@ def _worker(model_key: str, iters: int, threads: int, count_flops: bool) -> dict
     model = create_model(arch, **kwargs).eval()
     x = _inputs(model_key, batch, size)
     res: dict = {"model": model_key, "arch": arch, "batch": batch, "size": size, "threads": threads}
-    if count_flops:  # on the plain-op path (autograd on, nothing prepared): FlopCounterMode does not see oneDNN ops
+    if count_flops:  # a separate, untimed worker; plain-op path (autograd on): FlopCounterMode does not see oneDNN ops
         with FlopCounterMode(display=False) as fc:
             model(*x)
-        res["flops"] = fc.get_total_flops()
+        return {**res, "flops": fc.get_total_flops()}
     prepare = getattr(glfuse.models, "prepare_inference", None)
     model = prepare(model, "fast") if prepare is not None else model
     res.update(prepared=prepare is not None, probe_before=gemm_gflops(threads))
@@ -132,14 +132,12 @@ def main() -> None:
 
     trees = {"A": args.a, "B": args.b}
     runs: dict[tuple[str, str], list[dict]] = {(t, m): [] for t in trees for m in args.models}
-    flops: dict[str, float] = {}
+    flops = {m: _run_worker(trees["B"], m, args, count_flops=True)["flops"] for m in args.models}  # untimed
     load = [os.getloadavg()[0]]
     for r in range(args.rounds):
         for model in args.models:
             for tree in ("A", "B") if r % 2 == 0 else ("B", "A"):
-                res = _run_worker(trees[tree], model, args, count_flops=model not in flops and tree == "B")
-                if res.get("flops"):
-                    flops[model] = res["flops"]
+                res = _run_worker(trees[tree], model, args, count_flops=False)
                 runs[(tree, model)].append(res)
                 print(f"round {r} {tree} {model}: median {statistics.median(res['times']):.3f} s "
                       f"(GEMM {res['probe_before']:.0f}/{res['probe_after']:.0f} GFLOP/s)", flush=True)
