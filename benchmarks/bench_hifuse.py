@@ -35,6 +35,7 @@ def _worker(args: argparse.Namespace) -> dict:
     import glfuse
 
     torch.set_num_threads(args.threads)
+    from glfuse.models import prepare_inference as glfuse_prepare
     tuned = glfuse.tune_cpu_allocator()  # as the CLI and the engine do; GLFUSE_ALLOCATOR_TUNING=0 turns it off
     torch.manual_seed(0)
     model = glfuse.create_model(args.model, num_classes=args.num_classes, channels_last=not args.no_channels_last)
@@ -42,7 +43,7 @@ def _worker(args: argparse.Namespace) -> dict:
     y = torch.randint(0, args.num_classes, (args.batch,))
 
     if args.mode == "fwd":
-        model.eval()
+        glfuse_prepare(model, "fast")  # eval mode + CPU-inference variants (none for this model today)
 
         def step() -> None:
             with torch.no_grad():

@@ -65,6 +65,9 @@ def _worker(mode: str, iters: int, threads: int) -> dict:
         else:
             model = create_model("mactfusion").eval()
             vis, ir, ref = torch.rand(1, 1, 256, 256), torch.rand(1, 1, 256, 256), None
+        from glfuse.models import prepare_inference
+
+        prepare_inference(model, "fast")  # eval mode + the CPU-inference variants, as fuse_folder does
         times, cpu = [], []
         with torch.no_grad():
             out = model(vis, ir)  # warm-up

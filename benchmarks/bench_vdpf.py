@@ -38,6 +38,7 @@ def _worker(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
+    from glfuse.models import prepare_inference as glfuse_prepare
     from glfuse.registry import create_model
     from glfuse.runtime import tune_cpu_allocator
 
@@ -52,7 +53,7 @@ def _worker(args: argparse.Namespace) -> dict:
     target = torch.randint(0, 3, (args.batch,))
 
     if args.mode == "fwd":
-        model.eval()
+        glfuse_prepare(model, "fast")  # eval mode + CPU-inference variants (none for this model today)
 
         def step() -> None:
             with torch.inference_mode():

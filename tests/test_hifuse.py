@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import glfuse
 from glfuse.layers.window import shifted_window_mask
+from glfuse.models import prepare_inference
 from glfuse.models.hifuse import HiFuse, convert_official_state_dict, official_depths
 
 VARIANTS = ("hifuse_tiny", "hifuse_small", "hifuse_base")
@@ -208,6 +209,16 @@ def test_converter_rejects_unknown_keys() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ golden (official)
+@pytest.fixture(params=["reference", "fast", "portable"])
+def prepared_tiny(request, tiny: HiFuse):
+    """``tiny`` on the reference path and on each prepared-inference path (undone afterwards)."""
+    prepare_inference(tiny, request.param)
+    assert tiny.glfuse_prepared == (None if request.param == "reference" else request.param)
+    yield tiny
+    prepare_inference(tiny, "reference")
+    tiny.eval()
+
+
 def _golden(name: str) -> dict:
     return torch.load(shared_path("golden", "hifuse", name), map_location="cpu", weights_only=True)
 
@@ -227,7 +238,8 @@ def _check(out: torch.Tensor, ref: torch.Tensor) -> None:
     assert (out - ref).abs().max().item() <= 1e-4
 
 
-def test_golden_stem_and_patch_embed(tiny: HiFuse) -> None:
+def test_golden_stem_and_patch_embed(prepared_tiny: HiFuse) -> None:
+    tiny = prepared_tiny
     g = _golden("stem_and_patch_embed.pt")
     _load_golden_weights(tiny, g)
     img = g["inputs"]["img"]
@@ -236,7 +248,8 @@ def test_golden_stem_and_patch_embed(tiny: HiFuse) -> None:
         _check(tiny.patch_embed(img).flatten(1, 2), g["output"]["patch_embed_tokens"])
 
 
-def test_golden_local_block(tiny: HiFuse) -> None:
+def test_golden_local_block(prepared_tiny: HiFuse) -> None:
+    tiny = prepared_tiny
     g = _golden("local_stage1_block0.pt")
     _load_golden_weights(tiny, g)
     x = g["inputs"]["x"]
@@ -245,7 +258,8 @@ def test_golden_local_block(tiny: HiFuse) -> None:
         _check(tiny.local_stages[0][0](x.contiguous(memory_format=torch.channels_last)), g["output"])
 
 
-def test_golden_global_blocks(tiny: HiFuse) -> None:
+def test_golden_global_blocks(prepared_tiny: HiFuse) -> None:
+    tiny = prepared_tiny
     g = _golden("global_stage1_blocks.pt")
     _load_golden_weights(tiny, g)
     x = g["inputs"]["x"].view(2, 56, 56, 96)
@@ -260,7 +274,8 @@ def test_golden_global_blocks(tiny: HiFuse) -> None:
         _check(chained.flatten(2).transpose(1, 2), g["output"]["layer_chained"])
 
 
-def test_golden_hff_block(tiny: HiFuse) -> None:
+def test_golden_hff_block(prepared_tiny: HiFuse) -> None:
+    tiny = prepared_tiny
     g = _golden("hff_fu2.pt")
     _load_golden_weights(tiny, g)
     blk = tiny.fusion[1]
@@ -278,7 +293,8 @@ def test_golden_hff_block(tiny: HiFuse) -> None:
             blk.load_state_dict(state)  # undo the running-stat update
 
 
-def test_golden_head(tiny: HiFuse) -> None:
+def test_golden_head(prepared_tiny: HiFuse) -> None:
+    tiny = prepared_tiny
     g = _golden("head.pt")
     _load_golden_weights(tiny, g)
     f4 = g["inputs"]["f4"]

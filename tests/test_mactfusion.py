@@ -10,6 +10,7 @@ from conftest import SHARED, shared_path
 
 from glfuse.fusion.losses import build_fusion_loss, ms_ssim, ssim
 from glfuse.layers.maxvit import GridAttentionBlock, WindowAttentionBlock
+from glfuse.models import prepare_inference
 from glfuse.models.mactfusion import MACTFusion, convert_official_state_dict, fft_conv2d
 from glfuse.registry import create_model, list_models, load_official, read_state_dict
 
@@ -44,37 +45,72 @@ def test_registered_and_exact_parameter_count():
     assert model.glfuse_cfg["arch"] == "mactfusion"
 
 
+@pytest.fixture(params=["reference", "fast"])
+def prepared_model(request, official_model):
+    """The official model on the reference path and on the fast prepared-inference path (undone afterwards)."""
+    prepare_inference(official_model, request.param)
+    yield official_model
+    prepare_inference(official_model, "reference")
+
+
 @pytest.mark.parametrize("fname", GOLDEN_FILES)
-def test_official_checkpoint_matches_golden_outputs(official_model, fname):
+def test_official_checkpoint_matches_golden_outputs(prepared_model, fname):
     d = np.load(shared_path(GOLDEN, fname))
     vis_y, ir, ref = (torch.from_numpy(d[k]) for k in ("vis_y", "ir", "fused_y"))
     with torch.no_grad():
-        out = official_model(vis_y, ir)
+        out = prepared_model(vis_y, ir)
     assert out.shape == ref.shape
     err = (out - ref).abs().max().item()
     assert err <= 1e-4, f"{fname}: max |Δ| = {err:.3g}"
 
 
-def test_golden_output_on_every_inference_path(official_model, monkeypatch):
-    """The oneDNN-fused path, the plain eager path and the two-thread side-by-side branches all reproduce the golden
-    output; the side-by-side run equals the serial one (same kernels, one thread each)."""
+def test_golden_output_on_every_fast_inference_path(official_model, monkeypatch):
+    """Prepared "fast": the oneDNN-fused kernels, their plain eager fallback and the two-thread side-by-side branches
+    all reproduce the golden output; the side-by-side run equals the serial one (same kernels, one thread each)."""
     from glfuse.layers import fused
 
     name = GOLDEN_FILES[0]
     d = np.load(shared_path(GOLDEN, name))
     vis_y, ir, ref = (torch.from_numpy(d[k]) for k in ("vis_y", "ir", "fused_y"))
-    with torch.no_grad():
-        serial = official_model(vis_y, ir)  # module fixture: one thread, so the branches run one after the other
-        torch.set_num_threads(2)
-        try:
-            side = official_model(vis_y, ir)
-        finally:
-            torch.set_num_threads(1)
-        monkeypatch.setattr(fused, "fusion_available", lambda: False)
-        eager = official_model(vis_y, ir)
+    model = prepare_inference(official_model, "fast")
+    try:
+        with torch.no_grad():
+            serial = model(vis_y, ir)  # module fixture: one thread, so the branches run one after the other
+            torch.set_num_threads(2)
+            try:
+                side = model(vis_y, ir)
+            finally:
+                torch.set_num_threads(1)
+            monkeypatch.setattr(fused, "fusion_available", lambda: False)
+            eager = model(vis_y, ir)
+    finally:
+        prepare_inference(official_model, "reference")
     assert (side - serial).abs().max().item() <= 1e-6
     for out in (serial, eager):
         assert (out - ref).abs().max().item() <= 1e-4
+
+
+def test_portable_path_equals_reference_without_fft_or_fused_kernels(official_model, monkeypatch):
+    """Prepared "portable": plain ops only (the FFT convolution and every oneDNN-fused helper would raise here) and the
+    reference output (golden crop: the direct 31×31 convolution is slow at full size)."""
+    from glfuse.layers import conv, fused
+
+    d = np.load(shared_path(GOLDEN, GOLDEN_FILES[0]))
+    vis_y, ir = (torch.from_numpy(d[k])[..., 96:144, 100:140] for k in ("vis_y", "ir"))
+    with torch.no_grad():
+        ref = official_model(vis_y, ir)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("not a portable op")
+
+    for mod, name in ((fused, "conv2d"), (fused, "linear"), (conv, "fft_conv2d")):
+        monkeypatch.setattr(mod, name, forbidden)
+    try:
+        with torch.no_grad():
+            out = prepare_inference(official_model, "portable")(vis_y, ir)
+    finally:
+        prepare_inference(official_model, "reference")
+    assert (out - ref).abs().max().item() <= 1e-4
 
 
 def test_converter_drops_exactly_the_unused_keys(official_sd):
@@ -162,16 +198,16 @@ def _naive_partition_attention(block, x: torch.Tensor, mode: str) -> torch.Tenso
 def test_window_and_grid_attention_against_naive_reference(cls, mode):
     torch.manual_seed(0)
     block = cls(48, num_heads=4, partition=8).eval()
-    block.chunk_tokens = 256  # force several chunks
     x = torch.randn(2, 32, 48, 48)
     with torch.no_grad():
         ref = _naive_partition_attention(block, x, mode)
         out = block(x)
+    # reference forward with autograd (explicit attention map): same values and the naive reference's gradients,
+    # the relative-position table included
     with torch.enable_grad():
         out_grad_path = block(x)
     assert (out - ref).abs().max() < 1e-4
     assert (out_grad_path - ref).abs().max() < 1e-4
-    # training path (explicit attention map): same gradients as the reference, the relative-position table included
     g = torch.randn_like(x)
     grads = []
     for fn in (block, lambda t: _naive_partition_attention(block, t, mode)):
@@ -181,6 +217,14 @@ def test_window_and_grid_attention_against_naive_reference(cls, mode):
     assert grads[0]["attn.rel_pos.relative_position_bias_table"].abs().sum() > 0
     for name, ref_grad in grads[1].items():
         assert torch.allclose(grads[0][name], ref_grad, rtol=1e-4, atol=1e-5), name
+    # prepared (fast) variant: chunked (several chunks forced), fused linears, in place
+    prepare_inference(block, "fast")
+    block.chunk_tokens = 256
+    with torch.no_grad():
+        chunked = block(x)
+        inplace = block(x.clone(), True)
+    assert type(block).__name__.startswith("Fast")
+    assert (chunked - ref).abs().max() < 1e-4 and (inplace - chunked).abs().max() == 0
 
 
 def test_grad_checkpointing_same_gradients_and_batchnorm_counts_once():

@@ -356,10 +356,12 @@ def test_fuse_images_keeps_a_callers_model_where_it_is():
     from glfuse.fusion.api import fuse_images
     from glfuse.registry import create_model
 
-    net = create_model("mactfusion").eval().double()
+    net = create_model("mactfusion").train().double()
     img = np.random.default_rng(0).random((16, 16)).astype(np.float32)
     fuse_images(net, img, img)
     assert next(net.parameters()).dtype == torch.float64  # not converted or moved
+    assert net.training and getattr(net, "glfuse_prepared", None) in (None, "reference")  # not prepared in place
+    net(torch.rand(1, 1, 16, 16, dtype=torch.float64), torch.rand(1, 1, 16, 16, dtype=torch.float64)).mean().backward()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import sys
 from glfuse.cli.common import EPILOG, EXIT_FAILURE, EXIT_INTERRUPTED, apply_runtime
 
 SYSTEMS = ("classify", "fuse", "stage")
-COMMANDS = ("models", "demo", *SYSTEMS, "report")
+COMMANDS = ("models", "demo", *SYSTEMS, "report", "export")
 
 #: exceptions shown as one line (anything else is a bug: full traceback)
 USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, KeyError, NotADirectoryError, IsADirectoryError,

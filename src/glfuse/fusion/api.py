@@ -71,7 +71,9 @@ class Fuser:
 
 
 def _network_fn(model: nn.Module) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    model.eval()
+    from glfuse.models import prepare_inference
+
+    prepare_inference(model, "fast")  # eval mode + the CPU-inference variants (in place; "reference" undoes it)
     channels_last = any(p.is_contiguous(memory_format=torch.channels_last) and p.ndim == 4 and p.shape[-1] > 1
                         for p in model.parameters())
 
@@ -128,10 +130,15 @@ def load_fusion_model(model: Any, *, weights: str | Path | None = None,
     if isinstance(model, Fuser):
         return model
     if isinstance(model, nn.Module):
+        # a caller's module is never changed: inference runs on a prepared copy (same device and dtype unless
+        # ``device`` is given), so the caller can go on training it
+        import copy
+
+        net = copy.deepcopy(model)
         if device is not None and device != "auto":
-            model = model.to(device)
+            net = net.to(device)
         name = getattr(model, "glfuse_cfg", {}).get("arch", type(model).__name__)
-        return Fuser(name, "network", _network_fn(model), model, dict(getattr(model, "glfuse_cfg", {})))
+        return Fuser(name, "network", _network_fn(net), net, dict(getattr(model, "glfuse_cfg", {})))
     device = get_device("auto" if device is None else str(device))
     if not isinstance(model, (str, Path)):
         raise TypeError(f"model must be an nn.Module, a model folder, a registered name or a method name, got {model!r}")

@@ -29,6 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glfuse.layers.attention import Attention
+from glfuse.layers.attention import PatchEmbed as SharedPatchEmbed
+from glfuse.layers.conv import NCHWConv2d, PointwiseConv2d
 from glfuse.layers.norm import LayerNorm2d
 from glfuse.layers.window import relative_position_index, shifted_window_mask, window_partition, window_reverse
 from glfuse.models._registry import register_model, register_official
@@ -59,25 +62,6 @@ _VARIANT_DEPTHS: dict[str, tuple[int, int, int, int]] = {
 
 
 # ----------------------------------------------------------------------------------------------------------- blocks
-def _conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)``; a dense 1×1 conv on channels-last data runs as ``F.linear`` on the NHWC view (same math).
-
-    The NHWC view of a channels-last map is a contiguous ``[B*H*W, C_in]`` matrix, so the 1×1 conv is one GEMM; MKL's
-    GEMM beats oneDNN's 1×1 conv on CPU here (most at the small 14² / 7² maps). The output is channels-last.
-    """
-    if (
-        conv.kernel_size == (1, 1)
-        and conv.groups == 1
-        and conv.stride == (1, 1)
-        and conv.padding == (0, 0)
-        and x.dim() == 4
-        and x.is_contiguous(memory_format=torch.channels_last)
-    ):
-        w = conv.weight.flatten(1)  # [C_out, C_in] (a view for both weight memory formats)
-        return F.linear(x.permute(0, 2, 3, 1), w, conv.bias).permute(0, 3, 1, 2)
-    return conv(x)
-
-
 class ConvNormAct(nn.Module):
     """Conv2d → optional BatchNorm → optional activation (the official ``Conv`` helper)."""
 
@@ -93,12 +77,15 @@ class ConvNormAct(nn.Module):
         act: type[nn.Module] | None = None,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, padding=kernel_size // 2, groups=groups, bias=bias)
+        if kernel_size == 1 and groups == 1:  # a GEMM on the channels-last token view (same maths, faster on CPU)
+            self.conv: nn.Conv2d = PointwiseConv2d(in_chs, out_chs, bias=bias)
+        else:
+            self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, padding=kernel_size // 2, groups=groups, bias=bias)
         self.bn = nn.BatchNorm2d(out_chs) if norm else nn.Identity()
         self.act = act() if act is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(_conv(self.conv, x)))
+        return self.act(self.bn(self.conv(x)))
 
 
 class LocalBlock(nn.Module):
@@ -118,21 +105,12 @@ class LocalBlock(nn.Module):
         return x + y.permute(0, 3, 1, 2)
 
 
-class PatchEmbed(nn.Module):
-    """Global-branch patch embedding: Conv k4 s4 → LayerNorm (eps 1e-5); returns NHWC tokens ``[B, H, W, C]``."""
+class PatchEmbed(SharedPatchEmbed):
+    """Global-branch patch embedding: Conv k4 s4 → LayerNorm (eps 1e-5); returns NHWC tokens ``[B, H, W, C]`` (inputs
+    padded right/bottom to a multiple of the patch size, as the official code does)."""
 
     def __init__(self, in_chans: int = 3, embed_dim: int = 96, patch_size: int = 4) -> None:
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(embed_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.patch_size
-        h, w = x.shape[-2:]
-        if h % p or w % p:  # pad right/bottom to a multiple of the patch size, as the official code does
-            x = F.pad(x, (0, (-w) % p, 0, (-h) % p))
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+        super().__init__(in_chans, embed_dim, patch_size, norm=True, flatten=False, pad=True)
 
 
 class PatchMerging(nn.Module):
@@ -154,18 +132,16 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x))
 
 
-class WindowAttention(nn.Module):
-    """Window multi-head self-attention with a Swin relative position bias (fused SDPA, bias+mask as ``attn_mask``)."""
+class WindowAttention(Attention):
+    """Window multi-head self-attention ``proj(softmax(Q Kᵀ/√d + B + M) V)`` with a Swin relative position bias B and
+    the shifted-window mask M (0 / −100), on ``[B, nW, N, C]`` windows."""
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, qkv_bias: bool = True) -> None:
-        super().__init__()
-        self.num_heads = num_heads
+        super().__init__(dim, num_heads, qkv_bias=qkv_bias)  # scale d^-0.5 = 32^-0.5 (head dim 32)
         self.window_size = window_size
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         # Derivable from window_size, so not saved (the official checkpoints' copies are dropped by the converter).
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
 
     def position_bias(self) -> torch.Tensor:
         """Relative position bias ``[heads, N, N]``."""
@@ -173,17 +149,10 @@ class WindowAttention(nn.Module):
         idx = self.relative_position_index.reshape(-1)
         return self.relative_position_bias_table[idx].view(n, n, self.num_heads).permute(2, 0, 1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         """``x`` ``[B, nW, N, C]`` windows, ``mask`` ``[nW, N, N]`` (0 / -100) or None → ``[B, nW, N, C]``."""
-        b, nw, n, c = x.shape
-        h = self.num_heads
-        qkv = self.qkv(x).view(b, nw, n, 3, h, c // h).permute(3, 0, 1, 4, 2, 5)  # [3, B, nW, h, N, d]
-        q, k, v = qkv.unbind(0)
         bias = self.position_bias()  # [h, N, N]
-        attn_mask = bias if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)  # [(nW,) h, N, N]
-        # softmax(q k^T * d^-0.5 + bias + mask) v; scale defaults to d^-0.5 = 32^-0.5 (head dim 32)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype))
-        return self.proj(out.transpose(2, 3).reshape(b, nw, n, c))
+        return super().forward(x, bias if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1))  # [(nW,) h, N, N]
 
 
 class GlobalBlock(nn.Module):
@@ -284,44 +253,40 @@ class ChannelAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         pooled = torch.cat([x.amax((2, 3), keepdim=True), x.mean((2, 3), keepdim=True)], dim=0)  # one MLP pass
-        mx, av = self.fc2(self.act(self.fc1(pooled))).split(b, dim=0)
+        mx, av = self.fc2(self.act(self.fc1(pooled))).unflatten(0, (2, b)).unbind(0)
         return x * torch.sigmoid(mx + av)
 
 
 class IRMLP(nn.Module):
     """Inverted residual MLP: ``y = x + GELU(Conv3x3(x))`` → BN → Conv1x1 (4×) → GELU → Conv1x1 → BN."""
 
-    def __init__(self, in_dim: int, out_dim: int, depthwise: bool = False) -> None:
+    def __init__(self, in_dim: int, out_dim: int, depthwise: bool = False, nchw_conv3x3: bool = False) -> None:
+        """``nchw_conv3x3``: run the 3×3 on NCHW data with an NCHW weight (:class:`~glfuse.layers.conv.NCHWConv2d`; for
+        the last stage's dense 2304-channel 3×3 on a 7×7 map oneDNN's NCHW kernel is ~20 % faster, forward and backward).
+        """
         super().__init__()
         # deviation: the official code's 3x3 is dense (its Conv helper ignores the group count) although the paper's
         # Table 1 says depthwise; depthwise=True gives the paper's version (hifuse_*_paper).
-        self.conv3x3 = nn.Conv2d(in_dim, in_dim, 3, padding=1, groups=in_dim if depthwise else 1, bias=False)
+        conv3x3 = NCHWConv2d if nchw_conv3x3 else nn.Conv2d
+        self.conv3x3 = conv3x3(in_dim, in_dim, 3, padding=1, groups=in_dim if depthwise else 1, bias=False)
         # deviation: eq. (4) has no GELU/BN; the code has GELU after the 3x3 and the expansion, BN after the residual add
         # and after the projection; the width is the 3C concat (paper Table 1: C→4C→C).
         self.act = nn.GELU()
         self.bn1 = nn.BatchNorm2d(in_dim)
-        self.expand = nn.Conv2d(in_dim, 4 * in_dim, 1, bias=False)
-        self.project = nn.Conv2d(4 * in_dim, out_dim, 1, bias=False)
+        self.expand = PointwiseConv2d(in_dim, 4 * in_dim, bias=False)
+        self.project = PointwiseConv2d(4 * in_dim, out_dim, bias=False)
         self.bn2 = nn.BatchNorm2d(out_dim)
 
-        # Run the 3x3 on NCHW data (set by HiFuse for the last stage): for the dense 2304-channel 3x3 on a 7x7 map,
-        # oneDNN's NCHW kernel is ~20 % faster than its channels-last one (forward and backward). Only taken while the
-        # weight itself is NCHW-contiguous (an NCHW input with a channels-last weight is slower than either).
-        self.nchw_conv3x3 = False
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.nchw_conv3x3 and self.conv3x3.weight.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            y = self.act(self.conv3x3(x.contiguous())).contiguous(memory_format=torch.channels_last)
-            x = self.bn1(x + y)
-        else:
-            x = self.bn1(x + self.act(self.conv3x3(x)))
-        return self.bn2(_conv(self.project, self.act(_conv(self.expand, x))))
+        x = self.bn1(x + self.act(self.conv3x3(x)))
+        return self.bn2(self.project(self.act(self.expand(x))))
 
 
 class HFFBlock(nn.Module):
     """Hierarchical feature fusion block: ``F_i = shortcut + IRMLP(LN([CA(G_i), SA(L_i), fuse(W_l L, W_g G, F_{i-1})]))``."""
 
-    def __init__(self, dim: int, prev_dim: int | None = None, depthwise_irmlp: bool = False) -> None:
+    def __init__(self, dim: int, prev_dim: int | None = None, depthwise_irmlp: bool = False,
+                 nchw_conv3x3: bool = False) -> None:
         super().__init__()
         self.has_prev = prev_dim is not None
         self.local_proj = ConvNormAct(dim, dim)  # W_l: 1x1 conv (bias) + BN
@@ -337,7 +302,7 @@ class HFFBlock(nn.Module):
         self.spatial_attn = SpatialAttention(7)  # on the raw local map
         self.channel_attn = ChannelAttention(dim, 16)  # on the raw global map
         self.out_norm = LayerNorm2d(3 * dim, eps=1e-6)  # official norm3
-        self.irmlp = IRMLP(3 * dim, dim, depthwise=depthwise_irmlp)
+        self.irmlp = IRMLP(3 * dim, dim, depthwise=depthwise_irmlp, nchw_conv3x3=nchw_conv3x3)
 
     def forward(self, x_l: torch.Tensor, x_g: torch.Tensor, f: torch.Tensor | None = None) -> torch.Tensor:
         """``x_l``, ``x_g`` ``[B, C, H, W]`` local / global maps, ``f`` the previous fusion output ``[B, C/2, 2H, 2W]``."""
@@ -408,15 +373,14 @@ class HiFuse(nn.Module):
             for blk in stage.blocks:
                 nn.init.trunc_normal_(blk.attn.relative_position_bias_table, std=0.02)
 
+        # the last stage's dense 3x3 runs on NCHW data (IRMLP nchw_conv3x3) when the rest is channels-last
+        nchw_last = channels_last and not depthwise_irmlp
         self.fusion = nn.ModuleList(
-            HFFBlock(dims[i], dims[i - 1] if i > 0 else None, depthwise_irmlp=depthwise_irmlp) for i in range(4)
+            HFFBlock(dims[i], dims[i - 1] if i > 0 else None, depthwise_irmlp=depthwise_irmlp, nchw_conv3x3=nchw_last and i == 3)
+            for i in range(4)
         )
         if channels_last:  # store conv weights channels-last too, so oneDNN does not re-layout them on every call
             self.to(memory_format=torch.channels_last)
-            last = self.fusion[-1].irmlp
-            if not depthwise_irmlp:  # ... except the last stage's dense 3x3, which runs on NCHW data (IRMLP.forward)
-                last.conv3x3.weight = nn.Parameter(last.conv3x3.weight.detach().contiguous())
-                last.nchw_conv3x3 = True
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

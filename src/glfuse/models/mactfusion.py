@@ -22,27 +22,31 @@ checkpoint loads with ``glfuse.load_official("mactfusion", "fusion_model_CTMRI.p
 Differences from the official code that do not change the maths: ``forward(vis_y, ir)`` takes the **Y channel** of the
 (possibly colour) first input directly, ``[B, 1, H, W]``, where the official forward takes a 3-channel YCrCb tensor and
 uses only its channel 0; any H, W are accepted (reflect-padded to a multiple of 8, output cropped back); the 31×31
-grouped convolution is computed with float64 FFTs (the default NCHW kernel takes ~9 s per 256² image on CPU);
-feature maps are kept channels-last and attention uses ``scaled_dot_product_attention``; optional activation
-checkpointing (:meth:`MACTFusion.set_grad_checkpointing`) for training memory. Without autograd, eval BatchNorms are
-folded into the SD-Conv convolutions, each linear / convolution runs with its bias, activation or residual add in one
-oneDNN kernel (:mod:`glfuse.layers.fused`; plain eager ops where unavailable), fresh tensors are updated in place, and
-with ≥ 2 intra-op threads the two branches run side by side (:attr:`MACTFusion.parallel_branches`).
+grouped convolution is computed with float64 FFTs (:class:`~glfuse.layers.conv.FFTConv2d`; the default NCHW kernel
+takes ~9 s per 256² image on CPU) and 1×1 convolutions as GEMMs on the channels-last token view
+(:class:`~glfuse.layers.conv.PointwiseConv2d`); feature maps are kept channels-last; optional activation checkpointing
+(:meth:`MACTFusion.set_grad_checkpointing`) for training memory.
+
+Each block's forward is the reference maths. For CPU inference, ``glfuse.models.prepare_inference(model, "fast")``
+switches in the variants of :mod:`glfuse.models.mactfusion_fast` and :mod:`glfuse.layers.maxvit_fast` (eval BatchNorms
+folded into the SD-Conv convolutions, each linear / convolution with its bias, activation or residual add in one oneDNN
+kernel, fresh tensors updated in place, with ≥ 2 intra-op threads the two branches side by side);
+``prepare_inference(model, "portable")`` computes the 31×31 convolution directly (no FFT ops, for export).
 """
 
 from __future__ import annotations
 
 import re
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glfuse.layers import fused
-from glfuse.layers.maxvit import CheckpointMixin, CrossMaxViTBlock, MaxViTBlock, relative_position_index
+from glfuse.layers.conv import FFTConv2d, PointwiseConv2d, fft_conv2d
+from glfuse.layers.maxvit import CheckpointMixin, CrossMaxViTBlock, MaxViTBlock
+from glfuse.layers.window import relative_position_index
 from glfuse.models._registry import register_model, register_official
 
 __all__ = [
@@ -59,43 +63,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# FFT convolution (same maths as F.conv2d, computed in float64)
-
-
-def _fast_len(n: int) -> int:
-    """Smallest 5-smooth integer ≥ n (fast FFT length)."""
-    while True:
-        m = n
-        for p in (2, 3, 5):
-            while m % p == 0:
-                m //= p
-        if m == 1:
-            return n
-        n += 1
-
-
-def fft_conv2d(x: torch.Tensor, weight: torch.Tensor, padding: int, groups: int = 1) -> torch.Tensor:
-    """``F.conv2d(x, weight, padding=padding, groups=groups)`` (stride 1, zero padding, no bias) via float64 FFTs.
-
-    Exact up to float64 rounding (far below float32 resolution); fast for large kernels.
-    """
-    b, cin, h, w = x.shape
-    cout, cg, kh, kw = weight.shape
-    ho, wo = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
-    nh, nw = _fast_len(h + kh - 1), _fast_len(w + kw - 1)
-    xf = torch.fft.rfft2(x.to(torch.float64), s=(nh, nw))
-    kf = torch.fft.rfft2(weight.to(torch.float64).flip(-2, -1), s=(nh, nw))  # correlation = convolution with flip
-    og = cout // groups
-    xf = xf.reshape(b, groups, 1, cg, nh, nw // 2 + 1)
-    kf = kf.reshape(1, groups, og, cg, nh, nw // 2 + 1)
-    yf = (xf * kf).sum(3).reshape(b, cout, nh, nw // 2 + 1)
-    y = torch.fft.irfft2(yf, s=(nh, nw))
-    # full linear convolution index n ↔ correlation output y: n = y + k − 1 − padding
-    oh, ow = kh - 1 - padding, kw - 1 - padding
-    return y[:, :, oh : oh + ho, ow : ow + wo].to(x.dtype).contiguous()
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # blocks
 
 
@@ -109,7 +76,6 @@ class DFE(CheckpointMixin, nn.Module):
     def __init__(self, in_chans: int = 1, dim: int = 16, large_kernel: int = 31) -> None:
         super().__init__()
         c = dim // 4
-        self.use_fft = True  # compute the 31×31 grouped conv with FFTs (same maths, ~100× faster on CPU)
         # quirk: the slides say 1×1 here; the code uses 3×3 (+ GroupNorm). Attribute names in the official code say
         # 1×1/3×3/5×5/7×7 but every one of conv2..conv4 is 3×3. All convs are bias-free, no nonlinearity anywhere.
         self.conv1 = _conv3x3(in_chans, c, bias=False)
@@ -117,18 +83,13 @@ class DFE(CheckpointMixin, nn.Module):
         self.conv2 = _conv3x3(c, c, bias=False)
         self.conv3 = _conv3x3(c, c, bias=False)
         self.conv4 = _conv3x3(c, c, bias=False)
-        # second stage (not in the slides): 31×31 conv 16→4 with 4 groups, GroupNorm, cross-added 3×3 convs, residual
-        self.conv_large = nn.Conv2d(dim, c, large_kernel, padding=large_kernel // 2, groups=c, bias=False)
+        # second stage (not in the slides): 31×31 conv 16→4 with 4 groups, GroupNorm, cross-added 3×3 convs, residual.
+        # Computed with FFTs (same maths, ~100× faster on CPU); prepare_inference(…, "portable") makes it a plain conv.
+        self.conv_large = FFTConv2d(dim, c, large_kernel, padding=large_kernel // 2, groups=c, bias=False)
         self.norm_large = nn.GroupNorm(c, c)
         self.conv2b = _conv3x3(c, c, bias=False)
         self.conv3b = _conv3x3(c, c, bias=False)
         self.conv4b = _conv3x3(c, c, bias=False)
-
-    def _large(self, o: torch.Tensor) -> torch.Tensor:
-        conv = self.conv_large
-        if self.use_fft:
-            return fft_conv2d(o, conv.weight, conv.padding[0], conv.groups)
-        return conv(o)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # 4-channel maps: plain NCHW is much faster than channels_last here (cat, GroupNorm); back to channels_last after
@@ -138,7 +99,7 @@ class DFE(CheckpointMixin, nn.Module):
         c3 = self.conv3(c2)
         c4 = self.conv4(c3)
         o = torch.cat([c1, c2, c3, c4], dim=1)
-        d1 = self.norm_large(self._large(o))
+        d1 = self.norm_large(self.conv_large(o))
         d2 = self.conv2b(d1 + c4)
         d3 = self.conv3b(d2 + c3)
         d4 = self.conv4b(d3 + c2)
@@ -146,35 +107,40 @@ class DFE(CheckpointMixin, nn.Module):
 
 
 class GRDB(nn.Module):
-    """Gradient residual dense block (official ``RGBD``): 2-layer dense block + learnable-Sobel gradient path."""
+    """Gradient residual dense block (official ``RGBD``): 2-layer dense block + learnable-Sobel gradient path.
+
+    ``d1 = LReLU_0.2(conv(x))``, ``d2 = LReLU_0.2(conv([x, d1]))``, ``g = |Sobel_x ∗ x| + |Sobel_y ∗ x|`` (depthwise),
+    ``out = LReLU_0.1(fuse([x, d1, d2]) + grad_proj(g))`` (both 1×1).
+    """
 
     def __init__(self, in_chans: int, out_chans: int) -> None:
         super().__init__()
         self.dense1 = _conv3x3(in_chans, in_chans)
         self.dense2 = _conv3x3(2 * in_chans, in_chans)
-        self.fuse = nn.Conv2d(3 * in_chans, out_chans, 1)
+        self.fuse = PointwiseConv2d(3 * in_chans, out_chans)
         sobel = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
         # quirk: the Sobel kernels are ordinary trainable parameters (drifted in the official checkpoint).
         self.sobel_x = nn.Parameter(sobel.expand(in_chans, 1, 3, 3).clone())
         self.sobel_y = nn.Parameter(sobel.t().expand(in_chans, 1, 3, 3).clone())
-        self.grad_proj = nn.Conv2d(in_chans, out_chans, 1)
+        self.grad_proj = PointwiseConv2d(in_chans, out_chans)
+
+    def gradient(self, x: torch.Tensor) -> torch.Tensor:
+        """``|Sobel_x ∗ x| + |Sobel_y ∗ x|`` per channel."""
+        c = x.shape[1]
+        return F.conv2d(x, self.sobel_x, padding=1, groups=c).abs() + F.conv2d(x, self.sobel_y, padding=1, groups=c).abs()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # convolution + activation / + add run as one kernel at inference (glfuse.layers.fused; eager otherwise)
-        d1 = fused.conv2d(x, self.dense1.weight, self.dense1.bias, padding=1, act="leaky_relu", slope=0.2)
-        x1 = torch.cat([x, d1], dim=1)
-        d2 = fused.conv2d(x1, self.dense2.weight, self.dense2.bias, padding=1, act="leaky_relu", slope=0.2)
-        x2 = torch.cat([x1, d2], dim=1)
-        c = x.shape[1]
-        gx, gy = F.conv2d(x, self.sobel_x, padding=1, groups=c), F.conv2d(x, self.sobel_y, padding=1, groups=c)
-        g = gx.abs() + gy.abs() if torch.is_grad_enabled() else gx.abs_().add_(gy.abs_())
-        out = fused.conv2d(x2, self.fuse.weight, self.fuse.bias)
-        out = fused.conv2d(g, self.grad_proj.weight, self.grad_proj.bias, add=out)  # fuse(x2) + grad_proj(g)
-        return F.leaky_relu(out, 0.1, inplace=True)
+        x1 = torch.cat([x, F.leaky_relu(self.dense1(x), 0.2)], dim=1)
+        x2 = torch.cat([x1, F.leaky_relu(self.dense2(x1), 0.2)], dim=1)
+        return F.leaky_relu(self.fuse(x2) + self.grad_proj(self.gradient(x)), 0.1, inplace=True)  # on the fresh sum
 
 
 class SAFM(nn.Module):
-    """Statistics-aligned feature modulation (official ``SAM``): ``IN(F2)·(γ + σ(F1)) + (β + μ(F1))``."""
+    """Statistics-aligned feature modulation (official ``SAM``): ``IN(F2)·(γ + σ(F1)) + (β + μ(F1))``.
+
+    ``S = GELU(conv([F1, F2]))``, ``γ = conv_γ(S)``, ``β = conv_β(S)``; μ, σ per sample and channel (σ unbiased, no eps);
+    IN is ``InstanceNorm2d(affine=False, eps=1e-5)``.
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -187,8 +153,6 @@ class SAFM(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():
-            return self._forward_eval(f1, f2)
         s = F.gelu(self.shared(torch.cat([f1, f2], dim=1)))
         n = f1.shape[2] * f1.shape[3]
         mean1 = f1.mean(dim=(2, 3), keepdim=True)
@@ -198,20 +162,6 @@ class SAFM(nn.Module):
         f2n = f2c * torch.rsqrt(f2c.square().sum(dim=(2, 3), keepdim=True).div(n) + 1e-5)
         return f2n * (self.gamma(s) + std1) + (self.beta(s) + mean1)
 
-    def _forward_eval(self, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
-        """Inference (no autograd): same maths as :meth:`forward`, γ/β convs as one conv, in-place elementwise ops."""
-        sh = self.shared
-        s = fused.conv2d(torch.cat([f1, f2], dim=1), sh.weight, sh.bias, padding=1, act="gelu")
-        c = f1.shape[1]
-        gb = fused.conv2d(s, torch.cat([self.gamma.weight, self.beta.weight]), torch.cat([self.gamma.bias, self.beta.bias]),
-                          padding=1)
-        n = f1.shape[2] * f1.shape[3]
-        mean1 = f1.mean(dim=(2, 3), keepdim=True)
-        std1 = (f1 - mean1).square_().sum(dim=(2, 3), keepdim=True).div_(n - 1).sqrt_()
-        f2c = f2 - f2.mean(dim=(2, 3), keepdim=True)
-        f2n = f2c.mul_(torch.rsqrt(f2c.square().sum(dim=(2, 3), keepdim=True).div_(n).add_(1e-5)))
-        return f2n.mul_(gb[:, :c].add_(std1)).add_(gb[:, c:].add_(mean1))
-
 
 class CrossModalityFusion(CheckpointMixin, nn.Module):
     """Adaptive cross-modality fusion transformer (official ``MaxFA_Module``): ``F1 + T ⊙ (F1 + CrossMaxViT(F1, SAFM))``."""
@@ -220,15 +170,13 @@ class CrossModalityFusion(CheckpointMixin, nn.Module):
         super().__init__()
         self.safm = SAFM(dim)
         self.cross = CrossMaxViTBlock(dim, num_heads, partition)
-        self.gate = nn.Conv2d(dim, 1, 1)
+        self.gate = PointwiseConv2d(dim, 1)
 
     def _gated(self, f1: torch.Tensor, f2: torch.Tensor, fc: torch.Tensor) -> torch.Tensor:
         # quirk: the gate is a learned 1-channel projection of the *other* modality's features F2 (slides: sigmoid(F1)),
         # and it multiplies F1 + F̃c (slides: F̃c only).
-        gate = fused.conv2d(f2, self.gate.weight, self.gate.bias, act="sigmoid")
-        if torch.is_grad_enabled():
-            return f1 + gate * (f1 + fc)
-        return fc.add_(f1).mul_(gate).add_(f1)  # same maths in place on the fresh fc (inference)
+        gate = torch.sigmoid(self.gate(f2))
+        return f1 + gate * (f1 + fc)
 
     def forward(self, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
         """``f1`` own branch, ``f2`` other branch, both ``[B, C, H, W]``."""
@@ -243,48 +191,17 @@ class ReconLayer(nn.Module):
     def __init__(self, in_chans: int, out_chans: int, kernel_size: int) -> None:
         super().__init__()
         self.pad = kernel_size // 2
-        self.conv = nn.Conv2d(in_chans, out_chans, kernel_size)
+        self.conv = PointwiseConv2d(in_chans, out_chans) if kernel_size == 1 else nn.Conv2d(in_chans, out_chans, kernel_size)
         # (the official layer also builds a Dropout2d(0.5) that is never applied: not built here)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pad:
             x = F.pad(x, (self.pad,) * 4, mode="reflect")
-        return fused.conv2d(x, self.conv.weight, self.conv.bias, act="leaky_relu", slope=0.1)
+        return F.leaky_relu(self.conv(x), 0.1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # network
-
-
-def _side_by_side(fa: Callable[[], torch.Tensor], fb: Callable[[], torch.Tensor],
-                  n_threads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(fa(), fb())`` computed concurrently in two threads with ``n_threads // 2`` intra-op threads each.
-
-    ``torch.set_num_threads`` is process-wide: it is lowered for the duration of the call and restored afterwards.
-    """
-    half = max(1, n_threads // 2)
-    inference = torch.is_inference_mode_enabled()  # grad / inference mode are thread-local: carried to the worker
-    out: list[Any] = [None, None]
-    err: list[BaseException] = []
-
-    def work(i: int, fn: Callable[[], torch.Tensor]) -> None:
-        try:
-            torch.set_num_threads(half)
-            with torch.inference_mode(inference), torch.no_grad():
-                out[i] = fn()
-        except BaseException as e:  # re-raised in the caller
-            err.append(e)
-
-    worker = threading.Thread(target=work, args=(0, fa))
-    try:
-        worker.start()
-        work(1, fb)
-        worker.join()
-    finally:
-        torch.set_num_threads(n_threads)
-    if err:
-        raise err[0]
-    return out[0], out[1]
 
 
 class MACTFusion(CheckpointMixin, nn.Module):
@@ -315,22 +232,21 @@ class MACTFusion(CheckpointMixin, nn.Module):
             m.to(memory_format=torch.channels_last)
         self.set_grad_checkpointing(grad_checkpointing)
 
-    #: inference with ≥ 2 intra-op threads: run the two branches in two Python threads (see :func:`_side_by_side`)
-    parallel_branches: bool = True
-
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in backward (timm-style flag): ~3× less training memory, ~1.3× slower."""
         for m in self.modules():
             if isinstance(m, CheckpointMixin):
                 m.grad_checkpointing = enable
 
-    def _branch(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
+    def branch(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
+        """One modality's features: DFE → GRDB → GRDB → MaxViT block (``prefix`` "vis" or "ir")."""
         x = self._run(getattr(self, f"{prefix}_dfe"), x)
         x = self._run(getattr(self, f"{prefix}_grdb1"), x)
         x = self._run(getattr(self, f"{prefix}_grdb2"), x)
         return getattr(self, f"{prefix}_maxvit")(x)
 
-    def forward(self, vis_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+    def _pad(self, vis_y: torch.Tensor, ir: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked inputs, reflect-padded to a multiple of the partition (official: H, W must be multiples of 8)."""
         for name, t in (("vis_y", vis_y), ("ir", ir)):
             if t.ndim != 4 or t.shape[1] != 1:
                 raise ValueError(f"MACTFusion.forward: {name} must be [B, 1, H, W] (the Y channel / a grey image), "
@@ -338,29 +254,21 @@ class MACTFusion(CheckpointMixin, nn.Module):
         if vis_y.shape != ir.shape:
             raise ValueError(f"MACTFusion.forward: vis_y {tuple(vis_y.shape)} and ir {tuple(ir.shape)} differ in shape")
         h, w = vis_y.shape[-2:]
-        p = self.partition
-        ph, pw = (-h) % p, (-w) % p  # official: H, W must be multiples of 8; here reflect-pad and crop back
+        ph, pw = (-h) % self.partition, (-w) % self.partition
 
         def prep(t: torch.Tensor) -> torch.Tensor:
             if ph or pw:
-                mode = "reflect" if ph < h and pw < w else "replicate"
-                t = F.pad(t, (0, pw, 0, ph), mode=mode)
+                t = F.pad(t, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
             return t.contiguous(memory_format=torch.channels_last)
 
-        n_threads = torch.get_num_threads()
-        if self.parallel_branches and n_threads >= 2 and not torch.is_grad_enabled():
-            # the two branches (and the two fusion modules) are independent: run them side by side, each with half of
-            # the intra-op threads (small ops scale badly across threads). Same ops, same results.
-            f_vis, f_ir = _side_by_side(lambda: self._branch(prep(vis_y), "vis"),
-                                        lambda: self._branch(prep(ir), "ir"), n_threads)
-            fused = torch.cat(_side_by_side(lambda: self.vis_fusion(f_vis, f_ir),
-                                            lambda: self.ir_fusion(f_ir, f_vis), n_threads), dim=1)
-        else:
-            f_vis = self._branch(prep(vis_y), "vis")
-            f_ir = self._branch(prep(ir), "ir")
-            fused = torch.cat([self.vis_fusion(f_vis, f_ir), self.ir_fusion(f_ir, f_vis)], dim=1)
-        out = self._run(self.decoder, fused)
-        return out[:, :, :h, :w] if (ph or pw) else out
+        return prep(vis_y), prep(ir)
+
+    def forward(self, vis_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        vis_p, ir_p = self._pad(vis_y, ir)
+        h, w = vis_y.shape[-2:]
+        f_vis, f_ir = self.branch(vis_p, "vis"), self.branch(ir_p, "ir")
+        fused = torch.cat([self.vis_fusion(f_vis, f_ir), self.ir_fusion(f_ir, f_vis)], dim=1)
+        return self._run(self.decoder, fused)[:, :, :h, :w]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

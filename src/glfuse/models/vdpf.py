@@ -35,9 +35,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from glfuse.layers.attention import Attention as SharedAttention
+from glfuse.layers.attention import Mlp, attend, merge_heads, split_heads
+from glfuse.layers.attention import PatchEmbed as SharedPatchEmbed
 from glfuse.models._registry import read_state_dict, register_model
 
 __all__ = [
@@ -66,65 +68,26 @@ _FUSIONS = ("fffn", "ca", "none")
 _ENCODERS = ("vit", "resnet")
 
 
-def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """[B, N, C] -> [B, heads, N, C // heads]."""
-    b, n, c = x.shape
-    return x.view(b, n, num_heads, c // num_heads).transpose(1, 2)
-
-
-def _merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """[B, heads, N, d] -> [B, N, heads * d]."""
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # ViT-B/16 encoder (decision 1)
 # ---------------------------------------------------------------------------------------------------------------------
-class PatchEmbed(nn.Module):
-    """Non-overlapping patch embedding: Conv2d(k=s=patch) -> [B, N, D] tokens."""
+class PatchEmbed(SharedPatchEmbed):
+    """Non-overlapping patch embedding: Conv2d(k=s=patch) -> [B, N, D] tokens (no norm: ViT)."""
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 1, embed_dim: int = 768) -> None:
-        super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        super().__init__(in_chans, embed_dim, patch_size, norm=False, flatten=True)
         self.grid_size = (img_size // patch_size, img_size // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention (fused qkv projection, ``F.scaled_dot_product_attention``)."""
+class Attention(SharedAttention):
+    """Multi-head self-attention (fused qkv projection, ``F.scaled_dot_product_attention``, scale head_dim**-0.5 as
+    the official explicit softmax(QK^T)V; same maths, fewer passes)."""
 
     def __init__(self, dim: int, num_heads: int = 12, qkv_bias: bool = True) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        # Fused SDPA (scale head_dim**-0.5, as the official explicit softmax(QK^T)V; same math, fewer passes).
-        return self.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
-
-
-class Mlp(nn.Module):
-    """Two-layer feed-forward network: Linear -> GELU -> Linear."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        super().__init__(dim, num_heads, qkv_bias=qkv_bias)
 
 
 class Block(nn.Module):
@@ -243,9 +206,9 @@ class MultiHeadCrossAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         h = self.num_heads
-        q, k, v = _split_heads(self.wq(query), h), _split_heads(self.wk(context), h), _split_heads(self.wv(context), h)
+        q, k, v = split_heads(self.wq(query), h), split_heads(self.wk(context), h), split_heads(self.wv(context), h)
         # Unlike the official CrossAttention (which splits cat[query, kv] in half), query and context may differ in length.
-        return self.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
+        return self.proj(merge_heads(attend(q, k, v)))
 
 
 class CrossAttentionBlock(nn.Module):
