@@ -543,7 +543,10 @@ def _cam_one(model: nn.Module, mcfg: dict[str, Any], path: Path, out: Path, true
     k = int(target) if target is not None else pred
     shown = (x * torch.tensor(pre["std"]).view(-1, 1, 1) + torch.tensor(pre["mean"]).view(-1, 1, 1)).clamp(0, 1)
     true = f"true {classes[true_idx]} · " if true_idx is not None and true_idx >= 0 else ""
-    title = f"{path.name}: {true}predicted {classes[pred]} (p={float(prob[pred]):.2f}) · CAM for {classes[k]}"
+    from glfuse.files import display_path
+
+    title = (f"{display_path(path.name)}: {true}predicted {classes[pred]} (p={float(prob[pred]):.2f}) · "
+             f"CAM for {classes[k]}")
     save_cam_figure(out, shown, {n: m[0] for n, m in maps.items()}, title=title)
     return title
 
