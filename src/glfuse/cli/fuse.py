@@ -270,16 +270,35 @@ def cmd_compare(args: argparse.Namespace) -> int:
                           **_conventions(args.reference))
     results = res["results"]
     names = list(next(iter(results.values()))["mean"])
-    table = Table(title="fusion comparison (mean over pairs)", caption=COLOUR_NOTE)
-    table.add_column("method")
+    # metrics as rows, methods as columns: ~16 metrics do not fit across an 80-column terminal, a few methods do
+    table = Table(title=f"fusion comparison (mean over {next(iter(results.values()))['n']} pairs; * = best)",
+                  caption=COLOUR_NOTE)
+    table.add_column("metric")
+    for label in results:
+        table.add_column(label, justify="right", overflow="fold")
     for k in names:
-        table.add_column(k, justify="right")
-    for label, s in results.items():
-        table.add_row(label, *[_fmt(s["mean"][k], 3) for k in names])
+        vals = [results[label]["mean"][k] for label in results]
+        best = _best_index(k, vals)
+        table.add_row(k, *[_fmt(v, 3) + ("*" if i == best else "") for i, v in enumerate(vals)])
     con = Console()
     con.print(table)
-    con.print(f"written: {res['table_csv']}, {res['table_md']}" + (f", {res['grid']}" if res["grid"] else ""))
+    report = Path(args.output) / "report.html"
+    con.print(f"written: {res['table_csv']}, {res['table_md']}" + (f", {res['grid']}" if res["grid"] else "")
+              + (f"\nreport: {report}" if report.is_file() else ""))
     return 0
+
+
+def _best_index(metric: str, values: list[float]) -> int | None:
+    """Index of the best finite value (lower is better for the error-like metrics, higher for the rest)."""
+    import math
+
+    from glfuse.reports.builders import LOWER_IS_BETTER
+
+    lower = metric in LOWER_IS_BETTER
+    finite = [(v, i) for i, v in enumerate(values) if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not finite:
+        return None
+    return (min(finite) if lower else max(finite))[1]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
