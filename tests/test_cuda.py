@@ -224,12 +224,14 @@ def _fft_conv2d():
 
 
 def test_load_fusion_model_leaves_a_module_where_it_is():
-    """CPU check of the same rule: a module on another device (here "meta") is used where it is, not copied to CPU."""
+    """CPU check of the same rule: a module on another device (here "meta") is used where it is, not copied to CPU;
+    inference runs on a prepared copy, so the caller's module itself is left untouched."""
     from glfuse.fusion.api import load_fusion_model
 
-    m = torch.nn.Conv2d(1, 1, 3).to("meta")
+    m = torch.nn.Conv2d(1, 1, 3).to("meta").train()
     fuser = load_fusion_model(m)
-    assert fuser.module is m and m.weight.device.type == "meta"
+    assert fuser.module is not m and fuser.module.weight.device.type == "meta"
+    assert m.weight.device.type == "meta" and m.training
 
 
 @needs_cuda

@@ -81,7 +81,7 @@ def test_cli_report(tmp_path, capsys):
     assert main(["report", str(folder), "--output", str(tmp_path / "x.html")]) == 0
     assert (tmp_path / "x.html").is_file() and "fusion" in capsys.readouterr().out
     (tmp_path / "empty").mkdir()
-    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert main(["report", str(tmp_path / "empty")]) == 1
     assert "no glfuse outputs" in capsys.readouterr().err
 
 
