@@ -409,3 +409,16 @@ def test_declared_size_arg_matches_every_factory():
         else:
             with pytest.raises(ValueError, match="img_size"), torch.device("meta"):
                 create_model(name, img_size=64, **kw)
+
+
+def test_flops_count_transformer_encoder_layers():
+    """nn.TransformerEncoderLayer's fused inference kernel must not hide the ViT baseline's FLOPs (~35 GFLOPs at 224²,
+    not the patch embedding's 0.23)."""
+    from glfuse.profile import count_flops
+    from glfuse.registry import create_model
+
+    m = create_model("vit_base_patch16_224", num_classes=2, num_layers=2)
+    flops = count_flops(m, (torch.zeros(1, 3, 224, 224),))
+    d, n, mlp = 768, 197, 3072
+    per_layer = 2 * n * (4 * d * d + 2 * d * mlp)  # qkv + out projections + MLP (attention matmuls on top)
+    assert flops > 2 * per_layer

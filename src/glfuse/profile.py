@@ -35,16 +35,25 @@ def example_inputs(model: nn.Module, batch: int = 1, device: torch.device | str 
 
 
 def count_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...] | None = None) -> int:
-    """Total FLOPs of one forward pass (eval mode, no grad)."""
+    """Total FLOPs of one forward pass (eval mode, no grad).
+
+    PyTorch's fused inference kernel for ``nn.TransformerEncoderLayer`` / ``nn.MultiheadAttention`` (the "fast path")
+    is invisible to ``FlopCounterMode``; it is switched off while counting, so such models are counted in full."""
     from torch.utils.flop_counter import FlopCounterMode
 
     device = next(iter(model.parameters())).device
     inputs = inputs if inputs is not None else example_inputs(model, 1, device)
     was = model.training
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(*inputs)
-    model.train(was)
+    mha = torch.backends.mha
+    fast = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            model(*inputs)
+    finally:
+        mha.set_fastpath_enabled(fast)
+        model.train(was)
     return int(fc.get_total_flops())
 
 
