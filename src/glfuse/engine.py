@@ -109,6 +109,8 @@ class TrainConfig:
     max_steps_per_epoch: Annotated[int, Range(ge=1)] | None = None  # shorten epochs (quick CPU runs)
     drop_last: bool = False
     shuffle: bool = True
+    # class imbalance: draw each epoch's samples with replacement, every class equally likely (needs dataset.targets)
+    balanced_sampler: bool = False
     num_workers: Annotated[int, Range(ge=0)] = 0
     seed: Annotated[int, Range(ge=0)] = 0
     deterministic: bool = True
@@ -224,10 +226,15 @@ class ShardSampler(Sampler[int]):
 
 
 class _TrainSampler(Sampler[int]):
-    """Seeded per-epoch permutation, split across ranks (padded like DistributedSampler; training only)."""
+    """Seeded per-epoch permutation, split across ranks (padded like DistributedSampler; training only).
 
-    def __init__(self, n: int, seed: int, shuffle: bool, rank: int, world: int) -> None:
+    With ``weights`` (``train.balanced_sampler``): each epoch draws ``n`` indices with replacement, index ``i`` with
+    probability proportional to ``weights[i]`` (inverse class frequency: every class equally often on average)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool, rank: int, world: int,
+                 weights: torch.Tensor | None = None) -> None:
         self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.weights = weights
         self.epoch = 0
         self.per_rank = math.ceil(n / world)
 
@@ -235,8 +242,10 @@ class _TrainSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self):
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + 1000003 * self.epoch)
+        g = torch.Generator().manual_seed(self.seed + 1000003 * self.epoch)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        elif self.shuffle:
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
@@ -246,6 +255,20 @@ class _TrainSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.per_rank
+
+
+def balanced_weights(dataset: Dataset) -> torch.Tensor:
+    """Per-sample weights 1 / (count of the sample's class) from ``dataset.targets`` (labels < 0 get weight 0)."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise ValueError("config key 'train.balanced_sampler': this training set has no per-sample class labels "
+                         "(dataset.targets); use it for classification data")
+    t = torch.as_tensor(list(targets), dtype=torch.long)
+    counts = torch.bincount(t.clamp(min=0))
+    w = torch.where(t >= 0, 1.0 / counts[t.clamp(min=0)].double(), torch.zeros((), dtype=torch.float64))
+    if not (w > 0).any():
+        raise ValueError("config key 'train.balanced_sampler': the training set has no labelled sample")
+    return w
 
 
 def _worker_init(worker_id: int) -> None:
@@ -547,7 +570,8 @@ def _start(model: nn.Module, task: Any, train_ds: Dataset, cfg: TrainConfig, run
     ddp_model: nn.Module = model
     if world > 1:
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    sampler = _TrainSampler(len(train_ds), cfg.seed, cfg.shuffle, rank, world)
+    sampler = _TrainSampler(len(train_ds), cfg.seed, cfg.shuffle, rank, world,
+                            balanced_weights(train_ds) if cfg.balanced_sampler else None)
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                         collate_fn=collate_fn, drop_last=cfg.drop_last, worker_init_fn=_worker_init,
                         pin_memory=device.type == "cuda", persistent_workers=False)
