@@ -52,6 +52,7 @@ __all__ = [
     "Run",
     "RunLockedError",
     "open_run",
+    "run_training",
     "run_state",
     "recover_run",
     "open_model_dir",
@@ -242,6 +243,20 @@ def open_run(run_dir: str | Path, task: str, *, resume: ResumeMode = False, over
         err = verdict["error"]
         raise err if rank == 0 else type(err)(*err.args)
     return Run(d, task, bool(verdict["resume"]), rank, world, lock_fd)
+
+
+def run_training(run_dir: str | Path, task: str, train_cfg: Any, body: Any, *, resume: ResumeMode = False,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """The ``train()`` of every system: check ``train_cfg`` (types, ranges, device) before any file is touched, open
+    the run (:func:`open_run`), call ``body(run)`` (the system's training, returning its summary), then on rank 0 write
+    the run's report and model card (:meth:`Run.finish`)."""
+    from glfuse.engine import check_train_config
+
+    check_train_config(train_cfg)
+    with open_run(run_dir, task, resume=resume, overwrite=overwrite, device=train_cfg.device) as run:
+        summary = body(run)
+        run.finish()
+        return summary
 
 
 # ---------------------------------------------------------------------------------------------------- publication

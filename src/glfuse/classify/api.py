@@ -283,14 +283,9 @@ def train(cfg: ClassifyConfig, run_dir: str | Path, *, resume: bool | str = Fals
     is one and starts otherwise (see :func:`glfuse.runs.open_run` for the whole policy, the lock and distributed runs).
     An existing run is never replaced unless ``overwrite=True``.
     """
-    from glfuse.engine import check_train_config
-    from glfuse.runs import open_run
+    from glfuse.runs import run_training
 
-    check_train_config(cfg.train)  # before any file is touched
-    with open_run(run_dir, "classification", resume=resume, overwrite=overwrite, device=cfg.train.device) as run:
-        summary = _train(cfg, run)
-        run.finish()  # report.html + model card
-        return summary
+    return run_training(run_dir, "classification", cfg.train, lambda run: _train(cfg, run), resume=resume, overwrite=overwrite)
 
 
 def _train(cfg: ClassifyConfig, run: Any) -> dict[str, Any]:

@@ -202,14 +202,9 @@ def train(cfg: FusionConfig, run_dir: str | Path, *, resume: bool | str = False,
     ``split.json``). ``resume`` / ``overwrite``: the run lifecycle of :func:`glfuse.runs.open_run` (``resume="auto"``:
     resume a started run, else start). The saved ``best/`` and ``last/`` folders carry the fusion preprocessing and the
     modality roles (``fusion: {vis, ir}``), so ``glfuse fuse run --model RUN/best`` needs no further arguments."""
-    from glfuse.engine import check_train_config
-    from glfuse.runs import open_run
+    from glfuse.runs import run_training
 
-    check_train_config(cfg.train)  # before any file is touched
-    with open_run(run_dir, "fusion", resume=resume, overwrite=overwrite, device=cfg.train.device) as run:
-        summary = _train(cfg, run)
-        run.finish()  # report.html + model card
-        return summary
+    return run_training(run_dir, "fusion", cfg.train, lambda run: _train(cfg, run), resume=resume, overwrite=overwrite)
 
 
 def _train(cfg: FusionConfig, run: Any) -> dict[str, Any]:

@@ -233,14 +233,10 @@ def train(cfg: StageConfig, run_dir: str | Path, *, resume: bool | str = False, 
     ``resume`` / ``overwrite``: the run lifecycle of :func:`glfuse.runs.open_run` (``resume="auto"``: resume a started
     run, else start). Returns the engine summary plus ``test`` (case- and slice-level scalar metrics) when there is a
     test part."""
-    from glfuse.engine import check_train_config
-    from glfuse.runs import open_run
+    from glfuse.runs import run_training
 
-    check_train_config(cfg.train)  # before any file is touched
-    with open_run(run_dir, "staging", resume=resume, overwrite=overwrite, device=cfg.train.device) as run:
-        summary = _train(cfg, run, evaluate_test)
-        run.finish()  # report.html + model card
-        return summary
+    return run_training(run_dir, "staging", cfg.train, lambda run: _train(cfg, run, evaluate_test), resume=resume,
+                        overwrite=overwrite)
 
 
 def _train(cfg: StageConfig, run: Any, evaluate_test: bool) -> dict[str, Any]:
